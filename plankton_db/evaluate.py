@@ -1,0 +1,138 @@
+"""Leave-one-out retrieval evaluation over every image with a validated label."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from plankton_db.errors import InvalidArgument
+from plankton_db.retrieval import check_search_args
+
+DEPTH = 10
+CHUNK = 128
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Retrieval quality; the JSON keys of `plankton eval --json` are this dataclass's fields."""
+
+    model: str
+    metric: str
+    n: int
+    classes: int
+    top1: float
+    precision_at_5: float
+    precision_at_10: float
+    map_at_10: float
+    per_class: dict[str, dict[str, float]]
+    skipped_singletons: int
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def average_precision(relevant: np.ndarray, n_relevant: int, depth: int = DEPTH) -> float:
+    """AP@depth: mean precision at each relevant rank, divided by min(depth, relevant items in the pool)."""
+    if n_relevant <= 0:
+        return 0.0
+    rel = relevant[:depth].astype(float)
+    hits = np.cumsum(rel)
+    ranks = np.arange(1, len(rel) + 1)
+    return float((rel * hits / ranks).sum() / min(depth, n_relevant))
+
+
+def evaluate(
+    session: Session,
+    model_id: int,
+    model_name: str,
+    *,
+    metric: str = "cosine",
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Query with each validated image against all others (itself excluded), by exact SQL scans."""
+    op = check_search_args(metric, DEPTH)
+    session.execute(
+        sa.text(
+            """
+            CREATE TEMP TABLE eval_pool ON COMMIT DROP AS
+            SELECT e.image_id, l.taxon_id, e.embedding
+              FROM embeddings e JOIN image_labels l ON l.image_id = e.image_id
+             WHERE e.model_id = :m AND l.status = 'validated'
+            """
+        ),
+        {"m": model_id},
+    )
+    session.execute(sa.text("ANALYZE eval_pool"))
+    labels = dict(session.execute(sa.text("SELECT image_id, taxon_id FROM eval_pool")).tuples().all())
+    names = dict(session.execute(sa.text("SELECT id, name FROM taxa")).tuples().all())
+    sizes = Counter(labels.values())
+    queries = sorted(i for i, t in labels.items() if sizes[t] >= 2)
+    if not queries:
+        raise InvalidArgument(
+            "nothing to evaluate: need images with validated labels, at least two per class, embedded with this model"
+        )
+    if on_total:
+        on_total(len(queries))
+
+    neighbours: dict[int, list[int]] = defaultdict(list)
+    sql = sa.text(
+        f"""
+        SELECT q.image_id, nb.taxon_id
+          FROM eval_pool q
+         CROSS JOIN LATERAL (
+               SELECT p.taxon_id, p.embedding {op} q.embedding AS d
+                 FROM eval_pool p
+                WHERE p.image_id <> q.image_id
+                ORDER BY p.embedding {op} q.embedding
+                LIMIT {DEPTH}) nb
+         WHERE q.image_id = ANY(:ids)
+         ORDER BY q.image_id, nb.d
+        """
+    )
+    for start in range(0, len(queries), CHUNK):
+        ids = queries[start : start + CHUNK]
+        for qid, taxon_id in session.execute(sql, {"ids": ids}):
+            neighbours[qid].append(taxon_id)
+        if on_progress:
+            on_progress(len(ids))
+
+    per_class_rows: dict[int, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for qid in queries:
+        truth = labels[qid]
+        rel = np.array([t == truth for t in neighbours[qid]], dtype=bool)
+        row = (
+            float(rel[:1].mean()) if len(rel) else 0.0,
+            float(rel[:5].sum() / 5),
+            float(rel[:10].sum() / 10),
+            average_precision(rel, sizes[truth] - 1),
+        )
+        per_class_rows[truth].append(row)
+
+    allrows = np.array([r for rows in per_class_rows.values() for r in rows])
+    per_class = {
+        names[t]: {
+            "n": len(rows),
+            "top1": round(float(np.mean([r[0] for r in rows])), 4),
+            "precision_at_10": round(float(np.mean([r[2] for r in rows])), 4),
+        }
+        for t, rows in sorted(per_class_rows.items(), key=lambda kv: names[kv[0]])
+    }
+    return EvalResult(
+        model=model_name,
+        metric=metric,
+        n=len(queries),
+        classes=len(per_class_rows),
+        top1=round(float(allrows[:, 0].mean()), 4),
+        precision_at_5=round(float(allrows[:, 1].mean()), 4),
+        precision_at_10=round(float(allrows[:, 2].mean()), 4),
+        map_at_10=round(float(allrows[:, 3].mean()), 4),
+        per_class=per_class,
+        skipped_singletons=len(labels) - len(queries),
+    )

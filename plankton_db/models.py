@@ -1,0 +1,136 @@
+"""SQLAlchemy tables; the migrations create them and a test checks the two agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+LABEL_STATUSES = ("predicted", "validated", "dubious")
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now() -> sa.TextClause:
+    return sa.text("now()")
+
+
+class Image(Base):
+    """One stored image, identified by the sha256 of its bytes, with EcoTaxa-style metadata."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        sa.CheckConstraint("width > 0 AND height > 0", name="positive_size"),
+        sa.CheckConstraint("latitude BETWEEN -90 AND 90", name="latitude_range"),
+        sa.CheckConstraint("longitude BETWEEN -180 AND 180", name="longitude_range"),
+        sa.CheckConstraint("depth_min <= depth_max", name="depth_order"),
+        sa.Index("ix_images_sample", "sample"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    original_name: Mapped[str] = mapped_column(sa.Text)
+    original_path: Mapped[str] = mapped_column(sa.Text)
+    width: Mapped[int] = mapped_column(sa.Integer)
+    height: Mapped[int] = mapped_column(sa.Integer)
+    format: Mapped[str] = mapped_column(sa.String(16))
+    mode: Mapped[str] = mapped_column(sa.String(16))
+    n_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    ingested_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    sample: Mapped[str | None] = mapped_column(sa.Text)
+    instrument: Mapped[str | None] = mapped_column(sa.Text)
+    latitude: Mapped[float | None] = mapped_column(sa.Float)
+    longitude: Mapped[float | None] = mapped_column(sa.Float)
+    depth_min: Mapped[float | None] = mapped_column(sa.Float)
+    depth_max: Mapped[float | None] = mapped_column(sa.Float)
+    captured_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=sa.text("'{}'::jsonb"))
+
+
+class Taxon(Base):
+    """A name in the taxonomy tree (or a non-living category such as detritus)."""
+
+    __tablename__ = "taxa"
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("taxa.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class Annotation(Base):
+    """One labelling decision; rows are never updated or deleted (a trigger enforces it)."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('predicted', 'validated', 'dubious')", name="status"),
+        sa.CheckConstraint("score IS NULL OR (score >= 0 AND score <= 1)", name="score_range"),
+        sa.Index("ix_annotations_image_id_created_at", "image_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="RESTRICT"))
+    taxon_id: Mapped[int] = mapped_column(sa.ForeignKey("taxa.id"), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    annotator: Mapped[str] = mapped_column(sa.Text)
+    source: Mapped[str] = mapped_column(sa.Text)
+    score: Mapped[float | None] = mapped_column(sa.Float)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class ImageLabel(Base):
+    """The current label of each labelled image, maintained from annotations by a trigger."""
+
+    __tablename__ = "image_labels"
+    __table_args__ = (sa.Index("ix_image_labels_taxon_id_status", "taxon_id", "status"),)
+
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(sa.ForeignKey("annotations.id"))
+    taxon_id: Mapped[int] = mapped_column(sa.ForeignKey("taxa.id"))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    annotated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class EmbeddingModel(Base):
+    """An embedding space: a timm architecture, the sha256 of its weights and the preprocessing used."""
+
+    __tablename__ = "embedding_models"
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    arch: Mapped[str] = mapped_column(sa.Text)
+    weights_sha256: Mapped[str] = mapped_column(sa.String(64))
+    dim: Mapped[int] = mapped_column(sa.Integer)
+    preprocess: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("embedding_models.id"))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class Embedding(Base):
+    """One image's vector in one model's space.
+
+    The column has no fixed dimension so every model shares the table; indexes are
+    per-model partial expression indexes that cast to the model's dimension.
+    """
+
+    __tablename__ = "embeddings"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("embedding_models.id"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
+    embedding: Mapped[Any] = mapped_column(VECTOR(), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
