@@ -1,138 +1,16 @@
-"""The `plankton` command: parse arguments, open a session, call one core function, print."""
+"""The core pipeline commands: ingest, embed, search, eval and demo."""
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import sqlalchemy as sa
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from plankton_db.config import Settings
-from plankton_db.errors import DatabaseUnavailable, PlanktonError
-
-app = typer.Typer(help="plankton-db: label and search plankton images with CNN embeddings in PostgreSQL.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-db_app = typer.Typer(help="Database server and schema.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-Metric = Annotated[str, typer.Option("--metric", help="cosine or l2")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="embedding model name (default: the default model)")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
-JsonOut = Annotated[bool, typer.Option("--json", help="print one JSON object")]
-
-
-def handles_errors(fn: F) -> F:
-    """Print domain errors as one line and exit 1, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PlanktonError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-            raise typer.Exit(1) from None
-        except sa.exc.OperationalError as exc:
-            msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            err.print(f"[red]error:[/red] {DatabaseUnavailable(f'database connection lost: {msg}')}", highlight=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; work committed so far is kept")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def open_db(migrate: bool = True):
-    """Settings from the environment, then a connected (and migrated) database."""
-    from plankton_db.db import connect
-
-    return connect(Settings.from_env(), migrate=migrate)
-
-
-def progress() -> Progress:
-    """A progress bar on stderr, so stdout stays clean for --json."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=False)
-
-
-@app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")] = False) -> None:
-    """plankton-db command line."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-# ----------------------------------------------------------------------------- db
-
-
-@db_app.command("status")
-@handles_errors
-def db_status(as_json: JsonOut = False) -> None:
-    """Which server is in use, where its data is, the schema revision and row counts."""
-    from plankton_db.admin import database_status
-
-    db = open_db(migrate=False)
-    try:
-        info = database_status(db)
-    finally:
-        db.dispose()
-    if as_json:
-        out.print_json(json.dumps(info))
-        return
-    for key, value in info.items():
-        out.print(f"{key:>16}: {value}", highlight=False)
-
-
-@db_app.command("upgrade")
-@handles_errors
-def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
-    """Apply migrations."""
-    db = open_db(migrate=False)
-    try:
-        before = db.revision()
-        db.upgrade(revision)
-        out.print(f"schema: {before or 'empty'} -> {db.revision()}")
-    finally:
-        db.dispose()
-
-
-@db_app.command("downgrade")
-@handles_errors
-def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, or 'base' to remove everything")]) -> None:
-    """Revert migrations (data in removed tables is lost)."""
-    db = open_db(migrate=False)
-    try:
-        before = db.revision()
-        db.downgrade(revision)
-        out.print(f"schema: {before or 'empty'} -> {db.revision() or 'empty'}")
-    finally:
-        db.dispose()
-
-
-@db_app.command("stop")
-@handles_errors
-def db_stop() -> None:
-    """Stop the embedded PostgreSQL server."""
-    from plankton_db.db import stop_embedded
-
-    settings = Settings.from_env()
-    if not settings.embedded:
-        raise PlanktonError("PLANKTON_DATABASE_URL is set: the external server is not ours to stop")
-    out.print("stopped" if stop_embedded(settings) else "the embedded server was not running")
-
-
-# ----------------------------------------------------------------------------- ingest / embed
+from plankton_db.cli.common import Device, JsonOut, Metric, ModelOpt, app, err, handles_errors, open_db, out, progress
 
 
 @app.command()
@@ -326,12 +204,3 @@ def demo(per_class: Annotated[int, typer.Option(min=2, max=1000)] = 24, device: 
         table.add_row(str(h.image_id), f"{h.distance:.4f}", h.taxon or "-")
     out.print(table)
     out.print(f"next: plankton search --id {query_id}   |   plankton eval")
-
-
-def run() -> None:
-    """Console-script entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    run()

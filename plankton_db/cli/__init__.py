@@ -1,0 +1,18 @@
+"""The `plankton` command: parse arguments, open a session, call one core function, print.
+
+Each feature's commands live in their own module and register on the shared Typer app
+when imported here.
+"""
+
+from __future__ import annotations
+
+from plankton_db.cli import dbcmd, pipeline  # noqa: F401  (registers commands)
+from plankton_db.cli.common import app
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "run"]
