@@ -134,3 +134,36 @@ class Embedding(Base):
     image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
     embedding: Mapped[Any] = mapped_column(VECTOR(), nullable=False)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+# ----------------------------------------------------------------------------- embedding job queue (issue 4)
+
+JOB_STATUSES = ("pending", "running", "done", "failed")
+
+
+class EmbeddingJob(Base):
+    """One image waiting for (or given) an embedding in one model's space; workers claim it under a lease."""
+
+    __tablename__ = "embedding_jobs"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('pending', 'running', 'done', 'failed')", name="status"),
+        sa.CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        sa.CheckConstraint(
+            "(status = 'running') = (lease_id IS NOT NULL AND lease_expires_at IS NOT NULL)", name="lease_when_running"
+        ),
+        sa.Index("ix_embedding_jobs_pending", "model_id", "image_id", postgresql_where=sa.text("status = 'pending'")),
+        sa.Index("ix_embedding_jobs_running", "lease_expires_at", postgresql_where=sa.text("status = 'running'")),
+        sa.Index("ix_embedding_jobs_model_id_status", "model_id", "status"),
+        sa.Index("ix_embedding_jobs_finished", "model_id", "finished_at", postgresql_where=sa.text("status = 'done'")),
+    )
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    lease_id: Mapped[Any | None] = mapped_column(sa.Uuid)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(sa.Text)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

@@ -143,5 +143,46 @@ CREATE INDEX ix_embeddings_image_id ON embeddings (image_id);
 
 INSERT INTO alembic_version (version_num) VALUES ('0001') RETURNING alembic_version.version_num;
 
+-- Running upgrade 0001 -> 0002
+
+CREATE TABLE embedding_jobs (
+    model_id INTEGER NOT NULL, 
+    image_id BIGINT NOT NULL, 
+    status VARCHAR(16) DEFAULT 'pending' NOT NULL, 
+    attempts INTEGER DEFAULT '0' NOT NULL, 
+    lease_id UUID, 
+    lease_expires_at TIMESTAMP WITH TIME ZONE, 
+    worker TEXT, 
+    last_error TEXT, 
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
+    finished_at TIMESTAMP WITH TIME ZONE, 
+    CONSTRAINT pk_embedding_jobs PRIMARY KEY (model_id, image_id), 
+    CONSTRAINT ck_embedding_jobs_status CHECK (status IN ('pending', 'running', 'done', 'failed')), 
+    CONSTRAINT ck_embedding_jobs_attempts_non_negative CHECK (attempts >= 0), 
+    CONSTRAINT ck_embedding_jobs_lease_when_running CHECK ((status = 'running') = (lease_id IS NOT NULL AND lease_expires_at IS NOT NULL)), 
+    CONSTRAINT fk_embedding_jobs_model_id_embedding_models FOREIGN KEY(model_id) REFERENCES embedding_models (id) ON DELETE CASCADE, 
+    CONSTRAINT fk_embedding_jobs_image_id_images FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_embedding_jobs_pending ON embedding_jobs (model_id, image_id) WHERE status = 'pending';
+
+CREATE INDEX ix_embedding_jobs_running ON embedding_jobs (lease_expires_at) WHERE status = 'running';
+
+CREATE INDEX ix_embedding_jobs_model_id_status ON embedding_jobs (model_id, status);
+
+CREATE INDEX ix_embedding_jobs_image_id ON embedding_jobs (image_id);
+
+CREATE INDEX ix_embedding_jobs_finished ON embedding_jobs (model_id, finished_at) WHERE status = 'done';
+
+CREATE FUNCTION embedding_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('plankton_embedding_jobs', 'insert');
+            RETURN NULL;
+        END $$;
+
+CREATE TRIGGER embedding_jobs_inserted AFTER INSERT ON embedding_jobs FOR EACH STATEMENT EXECUTE FUNCTION embedding_jobs_notify();
+
+UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001';
+
 COMMIT;
 
