@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import BIT, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -167,3 +167,54 @@ class EmbeddingJob(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+# ----------------------------------------------------------------------------- hash codes and partitions (issue 3)
+
+
+class HashProjection(Base):
+    """An LSH or ITQ projection of one model's space into `bits`-bit codes (mean and planes stored)."""
+
+    __tablename__ = "hash_projections"
+    __table_args__ = (
+        sa.CheckConstraint("method IN ('lsh', 'itq')", name="method"),
+        sa.CheckConstraint("bits % 8 = 0 AND bits BETWEEN 8 AND 64000", name="bits"),
+        sa.CheckConstraint("bucket_bits BETWEEN 1 AND 24 AND bucket_bits <= bits", name="bucket_bits"),
+        sa.UniqueConstraint("model_id", "method", "bits"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("embedding_models.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(sa.String(8))
+    bits: Mapped[int] = mapped_column(sa.Integer)
+    bucket_bits: Mapped[int] = mapped_column(sa.Integer)
+    mean: Mapped[Any] = mapped_column(VECTOR())
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class HashPlane(Base):
+    """One hyperplane of a projection: bit `bit` is 1 when x . plane > threshold."""
+
+    __tablename__ = "hash_planes"
+
+    projection_id: Mapped[int] = mapped_column(sa.ForeignKey("hash_projections.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    bit: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    plane: Mapped[Any] = mapped_column(VECTOR())
+    threshold: Mapped[float] = mapped_column(sa.Float)
+
+
+class HashCode(Base):
+    """One image's code under one projection, and its bucket key (the code's first bucket_bits bits)."""
+
+    __tablename__ = "hash_codes"
+    __table_args__ = (sa.Index("ix_hash_codes_projection_id_bucket", "projection_id", "bucket"),)
+
+    projection_id: Mapped[int] = mapped_column(sa.ForeignKey("hash_projections.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True,
+                                          index=True)
+    code: Mapped[str] = mapped_column(BIT(varying=True))
+    bucket: Mapped[int] = mapped_column(sa.Integer)
