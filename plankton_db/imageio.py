@@ -17,6 +17,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 # Never decode a partial file silently: a truncated image must be rejected, not padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# decode() checks the caller's pixel limit from the header, before any pixel is read. Pillow's own
+# fixed guard (an error at 179 MP) would otherwise pre-empt it, ignore a user's higher limit, and
+# report a message without the size.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,6 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage
         raise ImageRejected("empty file")
     try:
         with warnings.catch_warnings():
-            # We enforce our own pixel limit below, before any pixel data is read.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             fmt = img.format or "unknown"
@@ -49,6 +52,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage
                 raise ImageRejected(
                     f"too large: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
                 )
+            if getattr(img, "n_frames", 1) > 1:
+                raise ImageRejected(f"multi-frame {fmt} ({img.n_frames} frames); store one frame per file")
             img.load()
     except ImageRejected:
         raise

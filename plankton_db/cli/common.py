@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from plankton_db.config import Settings
@@ -28,6 +29,11 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 JsonOut = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
 
+def print_error(message: str) -> None:
+    """One red `error:` line on stderr; the message is never parsed as markup."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def handles_errors(fn: F) -> F:
     """Print domain errors as one line and exit 1, without a traceback."""
 
@@ -36,11 +42,11 @@ def handles_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PlanktonError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            print_error(str(exc))
             raise typer.Exit(1) from None
         except sa.exc.OperationalError as exc:
             msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            err.print(f"[red]error:[/red] {DatabaseUnavailable(f'database connection lost: {msg}')}", highlight=False)
+            print_error(str(DatabaseUnavailable(f"database connection lost: {msg}")))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted; work committed so far is kept")
