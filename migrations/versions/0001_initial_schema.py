@@ -162,6 +162,12 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
     )
     op.create_index("ix_embeddings_image_id", "embeddings", ["image_id"])
+    # Keep vectors inline: a 1280-dim vector is 5 KB, over the default 2 KB toast threshold, and
+    # fetching each one from the toast table made exact scans ~8x slower (docs/BENCHMARKS.md).
+    # EXTERNAL (never compress) plus a page-sized threshold keeps every vector up to ~2000 dims
+    # in the heap; larger ones (ResNet-50's 2048) still fit, out of line.
+    op.execute("ALTER TABLE embeddings SET (toast_tuple_target = 8160)")
+    op.execute("ALTER TABLE embeddings ALTER COLUMN embedding SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
