@@ -17,6 +17,7 @@ from plankton_db.config import Settings
 from plankton_db.errors import ImageRejected
 from plankton_db.imageio import decode
 from plankton_db.models import Image
+from plankton_db.queue import enqueue_new_images
 from plankton_db.store import ContentStore, sha256_bytes
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
@@ -207,6 +208,9 @@ def ingest_batch(
     summary.added = len(inserted)
     summary.already_present = len(batch) - len(inserted)
     ids = dict(session.execute(sa.select(Image.sha256, Image.id).where(Image.sha256.in_(list(unique)))).tuples().all())
+    # Same transaction as the rows: no image is ever committed without the embedding jobs of the models
+    # that workers serve (see plankton_db.queue.enqueue_new_images and docs/WORKER.md).
+    enqueue_new_images(session, [ids[sha] for sha in inserted])
 
     labelled = [(ids[p.sha256], p.candidate.label) for p in batch if p.candidate.label]
     if labelled:

@@ -56,6 +56,7 @@ def embed(
     batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
     device: Device = "auto",
     workers: Annotated[int, typer.Option(min=0, max=64, help="decoding processes")] = 1,
+    enqueue: Annotated[bool, typer.Option("--enqueue", help="queue the images for `plankton worker` instead")] = False,
 ) -> None:
     """Embed every image that has no embedding for the model."""
     from plankton_db.embed import embed_missing, load_encoder
@@ -64,6 +65,17 @@ def embed(
     db = open_db()
     with db.Session.begin() as s:
         encoder, row = load_encoder(s, model, checkpoint=str(checkpoint) if checkpoint else None, device=device)
+        if enqueue:
+            from plankton_db.queue import enqueue as enqueue_jobs, subscribe
+
+            # One transaction: the model, its subscription to future ingests and the jobs appear together.
+            subscribe(s, row.id)
+            queued = enqueue_jobs(s, row.id)
+    if enqueue:
+        db.dispose()
+        out.print(f"{queued} images queued for {row.name}; run `plankton worker --model {row.name}` to embed them",
+                  highlight=False)
+        return
     with progress() as bar:
         task = bar.add_task(f"embed ({row.name}, {encoder.device.type})", total=None)
         summary = embed_missing(
