@@ -218,3 +218,71 @@ class HashCode(Base):
                                           index=True)
     code: Mapped[str] = mapped_column(BIT(varying=True))
     bucket: Mapped[int] = mapped_column(sa.Integer)
+
+
+# ----------------------------------------------------------------------------- web labeling (issue 5, revision 0004)
+
+
+class User(Base):
+    """A person who logs in to the web UI; the password is stored only as a werkzeug hash."""
+
+    __tablename__ = "users"
+    __table_args__ = (sa.CheckConstraint("role IN ('viewer', 'annotator', 'admin')", name="role"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.Text)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class ApiToken(Base):
+    """A bearer token for scripts; only its sha256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class LabelAction(Base):
+    """One bulk decision in the UI: the annotations it appended, and when it was undone."""
+
+    __tablename__ = "label_actions"
+    __table_args__ = (
+        sa.CheckConstraint("kind IN ('label', 'dubious', 'accept')", name="kind"),
+        sa.Index("ix_label_actions_annotator_id", "annotator", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    annotator: Mapped[str] = mapped_column(sa.Text)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    annotation_ids: Mapped[list[int]] = mapped_column(sa.ARRAY(sa.BigInteger))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    undone_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class AnnotationRetraction(Base):
+    """An annotation withdrawn by undo; the annotation row itself stays."""
+
+    __tablename__ = "annotation_retractions"
+
+    annotation_id: Mapped[int] = mapped_column(sa.ForeignKey("annotations.id"), primary_key=True)
+    action_id: Mapped[int] = mapped_column(sa.ForeignKey("label_actions.id"))
+    retracted_by: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class KnnEdge(Base):
+    """One of an image's nearest neighbours in one model's space, for kNN suggestions."""
+
+    __tablename__ = "knn_graph"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    neighbour_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    distance: Mapped[float] = mapped_column(sa.Float)
