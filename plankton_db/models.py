@@ -65,11 +65,15 @@ class Taxon(Base):
     """A name in the taxonomy tree (or a non-living category such as detritus)."""
 
     __tablename__ = "taxa"
+    # taxonomy (issue 7, revision 0005): WoRMS AphiaID and rank
+    __table_args__ = (sa.CheckConstraint("aphia_id > 0", name="aphia_id_positive"),)
 
     id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(sa.Text, unique=True)
     parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("taxa.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    aphia_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)  # issue 7
+    rank: Mapped[str | None] = mapped_column(sa.Text)  # issue 7
 
 
 class Annotation(Base):
