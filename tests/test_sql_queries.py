@@ -33,7 +33,9 @@ def test_query_has_header_and_runs(db, path: Path) -> None:
     vectors = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32)
     with db.Session.begin() as s:
         model_id, ids = seed(s, vectors, ["Oithona"] * 4 + ["Oncaea"] * 4 + [None] * 4)
-    params = {"image_id": ids[0], "k": 5, "model_id": model_id, "taxon": "Oithona"}
+        # Half the images come from deep water, so depth filters have rows on both sides.
+        s.execute(sa.text("UPDATE images SET depth_min = 150, depth_max = 200 WHERE id % 2 = 0"))
+    params = {"image_id": ids[0], "k": 5, "model_id": model_id, "taxon": "Oithona", "min_depth": 100}
     sql = _as_sqlalchemy(text)
     used = {p for p in params if re.search(rf"(?<!:):{p}\b", sql)}
     with db.engine.connect() as conn:
