@@ -99,7 +99,10 @@ def check_positive(name: str, value: float) -> None:
 def subscribe(session: Session, model_id: int) -> None:
     """Make ingest enqueue new images for this model from now on."""
     session.execute(
-        sa.text("UPDATE embedding_models SET params = params || jsonb_build_object(CAST(:k AS text), true) WHERE id = :m"),
+        sa.text(
+            "UPDATE embedding_models SET params = params || jsonb_build_object(CAST(:k AS text), true) "
+            "WHERE id = :m"
+        ),
         {"k": ENQUEUE_ON_INGEST, "m": model_id},
     )
 
@@ -362,7 +365,8 @@ def queue_status(session: Session, *, model_id: int | None = None, errors: int =
                    count(j.image_id) FILTER (WHERE j.status = 'done'),
                    count(j.image_id) FILTER (WHERE j.status = 'failed'),
                    (SELECT count(*) FROM embeddings e WHERE e.model_id = m.id),
-                   count(j.image_id) FILTER (WHERE j.status = 'done' AND j.finished_at > now() - make_interval(secs => :w)),
+                   count(j.image_id)
+                       FILTER (WHERE j.status = 'done' AND j.finished_at > now() - make_interval(secs => :w)),
                    extract(epoch FROM now() - min(j.finished_at)
                        FILTER (WHERE j.status = 'done' AND j.finished_at > now() - make_interval(secs => :w)))
               FROM embedding_models m

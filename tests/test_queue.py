@@ -173,3 +173,24 @@ def test_bad_arguments_are_refused_with_exact_messages(db, queued) -> None:
         c = queue.claim(s, mid, limit=2, worker="w")
         with pytest.raises(InvalidArgument, match=r"^2 image ids but 1 vectors$"):
             queue.finish(s, c, [j.image_id for j in c.jobs], np.ones((1, DIM), np.float32))
+
+
+def test_embed_enqueue_queues_missing_images_and_serves_the_model(cli_env, image_folder) -> None:
+    from typer.testing import CliRunner
+
+    from plankton_db.cli import app
+
+    run = CliRunner()
+    assert run.invoke(app, ["ingest", str(image_folder)], env=cli_env).exit_code == 0
+    r = run.invoke(app, ["embed", "--enqueue", "--device", "cpu"], env=cli_env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == (
+        "30 images queued for tf_efficientnet_lite0; run `plankton worker --model tf_efficientnet_lite0` to embed them"
+    )
+    again = run.invoke(app, ["embed", "--enqueue", "--device", "cpu"], env=cli_env, catch_exceptions=False)
+    assert again.output.startswith("0 images queued")
+    bad = run.invoke(app, ["embed", "--enqueue", "--model", "no_such_net"], env=cli_env, catch_exceptions=False)
+    assert bad.exit_code == 1
+    assert bad.output.strip() == (
+        "error: unknown model 'no_such_net': not a timm architecture (try tf_efficientnet_lite0 or resnet50)"
+    )

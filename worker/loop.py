@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import sqlalchemy as sa
 import torch
 
 from plankton_db import queue
@@ -36,6 +37,8 @@ class WorkerConfig:
     """How one worker process runs; every field has a command-line option."""
 
     model: str | None = None
+    # Local weights for a timm architecture (as for `plankton embed --checkpoint`).
+    checkpoint: str | None = None
     device: str = "auto"
     batch_size: int = 64
     exit_when_empty: bool = False
@@ -49,7 +52,8 @@ class WorkerConfig:
 
     def check(self) -> None:
         """InvalidArgument with an exact message for any value out of range."""
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 4096:
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 4096:
             raise InvalidArgument(f"batch size must be an integer from 1 to 4096, got {self.batch_size!r}")
         if self.loader_workers is not None and not 0 <= self.loader_workers <= 64:
             raise InvalidArgument(f"loader workers must be from 0 to 64, got {self.loader_workers!r}")
@@ -117,12 +121,16 @@ class Worker:
 
         def prepare():
             with self.db.Session.begin() as s:
-                encoder, row = load_encoder(s, cfg.model, device=cfg.device)
+                encoder, row = load_encoder(s, cfg.model, checkpoint=cfg.checkpoint, device=cfg.device)
                 queue.subscribe(s, row.id)
                 added = queue.enqueue(s, row.id, retry_failed=False)
             return encoder, row, added
 
-        self.encoder, row, added = self._retry(prepare, "start-up")
+        try:
+            self.encoder, row, added = self._retry(prepare, "start-up")
+        except sa.exc.IntegrityError:
+            # Two workers registering a new model at the same moment: the other one won, so reuse its row.
+            self.encoder, row, added = self._retry(prepare, "start-up")
         device = self.encoder.device
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels

@@ -79,7 +79,9 @@ def with_reconnect(fn: Callable[[], T], *, give_up_after: float, should_stop: Ca
                 raise
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
             if time.monotonic() + delay > deadline:
-                raise DatabaseUnavailable(f"database unreachable for {give_up_after:.0f} s during {what}: {reason}") from exc
+                raise DatabaseUnavailable(
+                    f"database unreachable for {give_up_after:.0f} s during {what}: {reason}"
+                ) from exc
             log.warning("database connection lost during %s (%s); retrying in %.1f s", what, reason, delay)
             end = time.monotonic() + delay
             while time.monotonic() < end:

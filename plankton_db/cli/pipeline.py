@@ -74,7 +74,7 @@ def embed(
     if enqueue:
         db.dispose()
         out.print(f"{queued} images queued for {row.name}; run `plankton worker --model {row.name}` to embed them",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         return
     with progress() as bar:
         task = bar.add_task(f"embed ({row.name}, {encoder.device.type})", total=None)

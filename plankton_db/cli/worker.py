@@ -17,14 +17,16 @@ from plankton_db.errors import InvalidArgument
 @handles_errors
 def worker_cmd(
     model: ModelOpt = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda", envvar="PLANKTON_WORKER_DEVICE")] = "auto",
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="local weights for a timm model")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per claim and per forward pass")] = 64,
     exit_when_empty: Annotated[bool, typer.Option("--exit-when-empty", help="exit once no job is pending or running")]
     = False,
     loader_workers: Annotated[int | None, typer.Option("--loader-workers",
                                                        help="decoding processes (default: 1 on CPU, up to 8 on CUDA)")]
     = None,
-    lease_seconds: Annotated[float, typer.Option("--lease-seconds", help="how long a claim is held before others may take it over")]
+    lease_seconds: Annotated[float, typer.Option("--lease-seconds",
+                                                 help="how long a claim is held before others may take it over")]
     = 600.0,
     max_attempts: Annotated[int, typer.Option("--max-attempts", help="tries per image before it is marked failed")] = 3,
     log_every: Annotated[float, typer.Option("--log-every", help="seconds between throughput log lines")] = 30.0,
@@ -34,9 +36,9 @@ def worker_cmd(
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise InvalidArgument(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    config = WorkerConfig(model=model, device=device, batch_size=batch_size, exit_when_empty=exit_when_empty,
-                          loader_workers=loader_workers, lease_seconds=lease_seconds, max_attempts=max_attempts,
-                          log_every_s=log_every)
+    config = WorkerConfig(model=model, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                          exit_when_empty=exit_when_empty, loader_workers=loader_workers, lease_seconds=lease_seconds,
+                          max_attempts=max_attempts, log_every_s=log_every)
     config.check()
     # The worker is a long-running service: its throughput log is the point, so INFO even without -v.
     logging.getLogger("worker").setLevel(logging.INFO)
