@@ -179,3 +179,17 @@ def test_server_error_is_a_plain_message(web: WebEnv, monkeypatch) -> None:
 def test_jquery_comes_from_the_xstatic_package(web: WebEnv) -> None:
     resp = web.app.test_client().get("/vendor/jquery.js")
     assert resp.status_code == 200 and b"jQuery" in resp.data[:400]
+
+
+def test_wsgi_entry_point_reads_the_environment(web: WebEnv) -> None:
+    from web.wsgi import from_env
+
+    env = {"PLANKTON_DATABASE_URL": web.settings.database_url, "PLANKTON_HOME": str(web.settings.home),
+           "PLANKTON_SECRET_KEY": "k" * 32, "PLANKTON_COOKIE_SECURE": "1"}
+    app = from_env(env, announce=lambda _: None)
+    try:
+        assert app.config["SECRET_KEY"] == "k" * 32 and app.config["SESSION_COOKIE_SECURE"] is True
+        assert app.test_client().get("/api/me").get_json() == {
+            "error": "login required: sign in or send Authorization: Bearer TOKEN"}
+    finally:
+        app.extensions["plankton"].db.dispose()

@@ -27,10 +27,9 @@ def serve(
     """Serve the labeling UI with waitress; on first start an admin with a random password is created."""
     import waitress
 
-    from plankton_db.config import Settings
-    from web import create_app
+    from web.wsgi import from_env
 
-    flask_app = create_app(Settings.from_env(), announce=lambda line: out.print(line, highlight=False, markup=False))
+    flask_app = from_env(announce=lambda line: out.print(line, highlight=False, markup=False))
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     out.print(f"plankton-db UI on http://{shown}:{port}/  (Ctrl+C stops)", highlight=False)
     waitress.serve(flask_app, host=host, port=port, threads=threads, ident="plankton-db")

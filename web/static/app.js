@@ -56,17 +56,18 @@ $(function () {
     updateCount();
   }
 
-  function show(resp, append) {
+  function show(resp, append, note) {
     render(resp.items, append);
     nextOffset = resp.next_offset;
     $("#more").prop("hidden", nextOffset == null);
     const total = resp.total != null ? " of " + resp.total : "";
-    say(items.length + total + " images shown");
+    say((note ? note + "; " : "") + items.length + total + " images shown");
   }
 
-  function load(fn) {
+  // `note` reports the action that caused the reload, so the reload does not hide it.
+  function load(fn, note) {
     loader = fn;
-    fn(0).done(function (resp) { show(resp, false); });
+    fn(0).done(function (resp) { show(resp, false, note); });
   }
 
   function more() {
@@ -209,8 +210,9 @@ $(function () {
 
   function undo() {
     api("POST", "/api/undo").done(function (r) {
-      say("undone: " + r.kind + " of " + r.images + " images");
-      if (loader) load(loader);
+      const note = "undone: " + r.kind + " of " + r.images + " images";
+      say(note);
+      if (loader) load(loader, note);
     });
   }
 
@@ -219,8 +221,7 @@ $(function () {
       .map(function (i) { return i.id; });
     if (!ids.length) { say("nothing on this page to accept", true); return; }
     api("POST", "/api/suggestions/accept", { image_ids: ids }).done(function (r) {
-      say("accepted " + r.images + " predictions of " + reviewTaxon);
-      showGroup(reviewTaxon);
+      showGroup(reviewTaxon, "accepted " + r.images + " predictions of " + reviewTaxon);
     });
   }
 
@@ -234,9 +235,9 @@ $(function () {
 
   // ---------------------------------------------------------------- review mode
 
-  function showGroup(taxon) {
+  function showGroup(taxon, note) {
     reviewTaxon = taxon;
-    load(function (offset) { return api("GET", "/api/suggestions?" + $.param({ taxon: taxon, offset: offset, limit: 50 })); });
+    load(function (offset) { return api("GET", "/api/suggestions?" + $.param({ taxon: taxon, offset: offset, limit: 50 })); }, note);
     $("#label-taxon").val("");
   }
 
