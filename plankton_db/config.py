@@ -15,6 +15,8 @@ ENV_DATABASE_URL = "PLANKTON_DATABASE_URL"
 ENV_HOME = "PLANKTON_HOME"
 ENV_STORE = "PLANKTON_STORE"
 ENV_MAX_PIXELS = "PLANKTON_MAX_PIXELS"
+ENV_REPLICA_URLS = "PLANKTON_REPLICA_URLS"  # comma-separated streaming replicas for read-only queries (issue 7)
+_URL_PREFIXES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -32,6 +34,7 @@ class Settings:
     database_url: str | None = None
     store_dir: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    replica_urls: tuple[str, ...] = ()  # read-only routing; empty means every query goes to the primary
 
     @property
     def embedded(self) -> bool:
@@ -63,6 +66,10 @@ class Settings:
             if max_pixels <= 0:
                 raise ConfigError(f"{ENV_MAX_PIXELS} must be positive, got {max_pixels}")
         url = env.get(ENV_DATABASE_URL) or None
-        if url and not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        if url and not url.startswith(_URL_PREFIXES):
             raise ConfigError(f"{ENV_DATABASE_URL} must start with postgresql://, got {url.split(':', 1)[0]}://...")
-        return cls(home=home, database_url=url, store_dir=store, max_pixels=max_pixels)
+        replicas = tuple(u.strip() for u in env.get(ENV_REPLICA_URLS, "").split(",") if u.strip())
+        for r in replicas:
+            if not r.startswith(_URL_PREFIXES):
+                raise ConfigError(f"{ENV_REPLICA_URLS} entries must start with postgresql://, got {r.split(':', 1)[0]}://...")
+        return cls(home=home, database_url=url, store_dir=store, max_pixels=max_pixels, replica_urls=replicas)

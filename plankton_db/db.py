@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -97,14 +98,35 @@ def stop_embedded(settings: Settings) -> bool:
     return True
 
 
+class _ReadOnlySession(Session):
+    """A session on one read engine, taken in turn from a cycle of replicas (issue 7)."""
+
+    def __init__(self, *args, engines: itertools.cycle, **kwargs) -> None:
+        kwargs["bind"] = next(engines)  # sessionmaker passes bind=None; the session is pinned to one engine
+        super().__init__(*args, **kwargs)
+
+
 @dataclass
 class Database:
-    """An open connection pool to the configured server, embedded or external."""
+    """An open connection pool to the configured server, embedded or external.
+
+    `Session` writes and reads on the primary. `ReadSession` is for read-only work (search, browse, eval):
+    it goes to the streaming replicas in PLANKTON_REPLICA_URLS, one after another, or to the primary when
+    none is configured; either way its transactions are READ ONLY, so a write there fails at once instead
+    of only in production.
+    """
 
     settings: Settings
     url: str
     engine: Engine
     Session: sessionmaker[Session]
+    read_engines: list[Engine] = field(default_factory=list)
+    ReadSession: sessionmaker[Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        engines = self.read_engines or [self.engine.execution_options(postgresql_readonly=True)]
+        self.ReadSession = sessionmaker(class_=_ReadOnlySession, engines=itertools.cycle(engines),
+                                        expire_on_commit=False)
 
     @property
     def embedded(self) -> bool:
@@ -143,6 +165,8 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        for e in self.read_engines:
+            e.dispose()
 
 
 def alembic_config():
@@ -164,15 +188,28 @@ def head_revision() -> str | None:
 def connect(settings: Settings, *, migrate: bool = True) -> Database:
     """Open the configured database (starting the embedded one if needed), migrating it when behind."""
     url = sqlalchemy_url(settings.database_url) if settings.database_url else start_embedded(settings)
-    engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+    engine = _probed(sa.create_engine(url, pool_pre_ping=True, future=True), display_url(url))
+    db = Database(settings=settings, url=url, engine=engine, Session=sessionmaker(engine, expire_on_commit=False),
+                  read_engines=[_replica_engine(r) for r in settings.replica_urls])
+    if migrate:
+        db.ensure_schema()
+    return db
+
+
+def _replica_engine(url: str) -> Engine:
+    """An engine for one streaming replica; its transactions are READ ONLY, and a down replica fails the connect."""
+    engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, future=True,
+                              execution_options={"postgresql_readonly": True})
+    return _probed(engine, f"replica {display_url(url)}")
+
+
+def _probed(engine: Engine, label: str) -> Engine:
+    """The engine, once one round trip succeeded; otherwise DatabaseUnavailable with the server's reason."""
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
         engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DatabaseUnavailable(f"cannot connect to {display_url(url)}: {reason}") from None
-    db = Database(settings=settings, url=url, engine=engine, Session=sessionmaker(engine, expire_on_commit=False))
-    if migrate:
-        db.ensure_schema()
-    return db
+        raise DatabaseUnavailable(f"cannot connect to {label}: {reason}") from None
+    return engine

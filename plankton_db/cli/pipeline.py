@@ -119,7 +119,7 @@ def search(
     check_search_args(metric, k)
     filters = Filters(taxon=taxon, sample=sample, unlabeled=unlabeled)
     db = open_db()
-    with db.Session() as s:
+    with db.ReadSession() as s:  # a streaming replica when PLANKTON_REPLICA_URLS is set
         row = require_model(s, model)
         if image_id is not None:
             hits = search_by_id(s, row.id, image_id, metric=metric, k=k, filters=filters)
