@@ -29,7 +29,7 @@ def test_history_cannot_be_changed(one_image) -> None:
     with db.Session.begin() as s:
         add_annotations(s, [(image_id, taxa["Oithona"])], status="validated", annotator="ann", source="ui")
     for stmt in ("UPDATE annotations SET status = 'dubious'", "DELETE FROM annotations",
-                 "TRUNCATE annotations, image_labels"):
+                 "TRUNCATE annotations CASCADE"):
         with pytest.raises(sa.exc.DBAPIError, match="annotations are append-only"):
             with db.Session.begin() as s:
                 s.execute(sa.text(stmt))

@@ -1,12 +1,15 @@
 """A real browser (Debian's Chromium through playwright) logs in, finds similar images, labels them, undoes.
 
-Screenshots go to docs/screenshots/ for the README. One app and one browser serve the whole module.
+Screenshots go to a temporary folder; `PLANKTON_SCREENSHOTS=docs/screenshots make test` refreshes the
+README's. One app and one browser serve the whole module.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from plankton_db.config import Settings
 from web_support import PASSWORDS, seeded  # noqa: F401  (fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("PLANKTON_SCREENSHOTS") or tempfile.mkdtemp(prefix="plankton-screenshots-"))
 XSS = "<script>alert(1)</script>"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
