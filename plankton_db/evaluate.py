@@ -53,25 +53,31 @@ def evaluate(
     model_name: str,
     *,
     metric: str = "cosine",
+    bits: int | None = None,
+    hash_method: str | None = None,
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Query with each validated image against all others (itself excluded), by exact SQL scans."""
+    """Query with each validated image against all others (itself excluded), by exact SQL scans.
+
+    With metric "hamming" the pool holds the images' bit codes under the chosen projection
+    (`plankton hash build`); ties in Hamming distance are broken by image id, so results are reproducible.
+    """
     op = check_search_args(metric, DEPTH)
-    session.execute(
-        sa.text(
-            """
-            CREATE TEMP TABLE eval_pool ON COMMIT DROP AS
-            SELECT e.image_id, l.taxon_id, e.embedding
-              FROM embeddings e JOIN image_labels l ON l.image_id = e.image_id
-             WHERE e.model_id = :m AND l.status = 'validated'
-            """
-        ),
-        {"m": model_id},
-    )
+    if metric == "hamming":
+        from plankton_db.hashstore import find_projection
+
+        proj = find_projection(session, model_id, bits, hash_method)
+        source = ("SELECT c.image_id, l.taxon_id, c.code::bit({bits}) AS embedding FROM hash_codes c "
+                  "JOIN image_labels l ON l.image_id = c.image_id "
+                  "WHERE c.projection_id = {pid} AND l.status = 'validated'").format(bits=proj.bits, pid=proj.id)
+    else:
+        source = ("SELECT e.image_id, l.taxon_id, e.embedding FROM embeddings e "
+                  "JOIN image_labels l ON l.image_id = e.image_id WHERE e.model_id = :m AND l.status = 'validated'")
+    session.execute(sa.text(f"CREATE TEMP TABLE eval_pool ON COMMIT DROP AS {source}"), {"m": model_id})
     session.execute(sa.text("ANALYZE eval_pool"))
-    labels = dict(session.execute(sa.text("SELECT image_id, taxon_id FROM eval_pool")).tuples().all())
-    names = dict(session.execute(sa.text("SELECT id, name FROM taxa")).tuples().all())
+    labels = dict(session.execute(sa.text("SELECT image_id, taxon_id FROM eval_pool")).all())
+    names = dict(session.execute(sa.text("SELECT id, name FROM taxa")).all())
     sizes = Counter(labels.values())
     queries = sorted(i for i, t in labels.items() if sizes[t] >= 2)
     if not queries:
@@ -87,13 +93,13 @@ def evaluate(
         SELECT q.image_id, nb.taxon_id
           FROM eval_pool q
          CROSS JOIN LATERAL (
-               SELECT p.taxon_id, p.embedding {op} q.embedding AS d
+               SELECT p.taxon_id, p.image_id AS nid, p.embedding {op} q.embedding AS d
                  FROM eval_pool p
                 WHERE p.image_id <> q.image_id
-                ORDER BY p.embedding {op} q.embedding
+                ORDER BY p.embedding {op} q.embedding, p.image_id
                 LIMIT {DEPTH}) nb
          WHERE q.image_id = ANY(:ids)
-         ORDER BY q.image_id, nb.d
+         ORDER BY q.image_id, nb.d, nb.nid
         """
     )
     for start in range(0, len(queries), CHUNK):

@@ -274,9 +274,13 @@ class Searcher:
         conn = raw_connection(session)
         settings = self._settings(k, filters)
         if settings:
+            # SET LOCAL and the query go out together in one pipeline: one round trip, both prepared.
             pairs = ", ".join(["set_config(%s, %s, true)"] * (len(settings) // 2))
-            conn.execute(f"SELECT {pairs}", settings, prepare=True)
-        rows = conn.execute(sql, params, prepare=True).fetchall()
+            with conn.pipeline():
+                conn.execute(f"SELECT {pairs}", settings, prepare=True)
+                rows = conn.execute(sql, params, prepare=True).fetchall()
+        else:
+            rows = conn.execute(sql, params, prepare=True).fetchall()
         hits = [Hit(int(r[0]), float(r[1]), r[2], r[3], r[4]) for r in rows]
         if len(hits) < k and filters.active and self.options.method in ("hnsw", "ivfflat"):
             self.fallbacks += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -238,3 +240,58 @@ def test_bad_input_is_refused_with_one_clear_line(db) -> None:
             search_by_vector(s, model_id, np.ones(3))
         with pytest.raises(InvalidArgument, match=r"^no ANN index named 'nope' \(see `plankton index list`\)$"):
             drop_index(s, "nope")
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def _cli(env: dict[str, str], *args: str):
+    from typer.testing import CliRunner
+
+    from plankton_db.cli import app
+
+    return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+
+
+def test_cli_hash_index_search_and_eval(db, cli_env) -> None:
+    with db.Session.begin() as s:
+        _, ids, _ = _seed(s, 300, name="tf_efficientnet_lite0")
+        # Two labelled classes, so eval has something to measure.
+        s.execute(sa.text("INSERT INTO taxa (name) VALUES ('a'), ('b')"))
+        s.execute(sa.text(
+            "INSERT INTO annotations (image_id, taxon_id, status, annotator, source) "
+            "SELECT i.id, (SELECT t.id FROM taxa t WHERE t.name = CASE WHEN i.id % 2 = 0 THEN 'a' ELSE 'b' END), "
+            "'validated', 't', 't' FROM images i"))
+    r = _cli(cli_env, "hash", "build", "--bits", "64", "--method", "lsh", "--bucket-bits", "4")
+    assert r.exit_code == 0, r.output
+    assert "300 codes of 64 bits (lsh) for tf_efficientnet_lite0; bucket key b = 4 bits" in r.output
+    r = _cli(cli_env, "index", "build", "--kind", "hnsw", "--metric", "hamming", "--bits", "64")
+    assert r.exit_code == 0 and "built ann_p1_hnsw_hamming: hnsw hamming on bit" in r.output, r.output
+    r = _cli(cli_env, "index", "list", "--json")
+    assert [(i["kind"], i["metric"], i["bits"]) for i in json.loads(r.stdout)] == [("hnsw", "hamming", 64)]
+    for method in ("two-stage", "lsh"):
+        r = _cli(cli_env, "search", "--id", str(ids[0]), "-k", "5", "--method", method, "--radius", "1", "--json")
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert out["method"] == method and len(out["hits"]) == 5
+    r = _cli(cli_env, "eval", "--metric", "hamming", "--bits", "64", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["metric"] == "hamming" and json.loads(r.stdout)["n"] == 300
+    r = _cli(cli_env, "index", "drop", "ann_p1_hnsw_hamming")
+    assert r.exit_code == 0 and "dropped ann_p1_hnsw_hamming" in r.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("hash", "build", "--bits", "100"), "error: bits must be a multiple of 8 between 8 and 4096, got 100"),
+    (("hash", "build", "--method", "pq"), "error: unknown hash method 'pq'; choose one of: lsh, itq"),
+    (("index", "build", "--kind", "hnsw"), "error: no embeddings yet: run `plankton embed` first"),
+    (("index", "drop", "nope"), "error: no ANN index named 'nope' (see `plankton index list`)"),
+    (("search", "--id", "1", "--method", "annoy"),
+     "error: unknown method 'annoy'; choose one of: exact, hnsw, ivfflat, lsh, two-stage"),
+    (("search", "--id", "1", "--metric", "hamming", "--method", "lsh"),
+     "error: method lsh re-ranks full vectors by cosine or l2; use --metric cosine or l2"),
+])
+def test_cli_bad_input_is_one_line(cli_env, args, message) -> None:
+    r = _cli(cli_env, *args)
+    assert r.exit_code == 1
+    assert r.output.strip() == message

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import typer
 from rich.table import Table
 
-from plankton_db.cli.common import Device, JsonOut, Metric, ModelOpt, app, err, handles_errors, open_db, out, progress
+from plankton_db.cli.common import Device, JsonOut, ModelOpt, app, err, handles_errors, open_db, out, progress
 
 
 @app.command()
@@ -99,30 +99,43 @@ def embed(
 def search(
     image_file: Annotated[Path | None, typer.Argument(help="an image file to search with")] = None,
     image_id: Annotated[int | None, typer.Option("--id", help="search with a stored image")] = None,
-    metric: Metric = "cosine",
+    metric: Annotated[str, typer.Option("--metric", help="cosine, l2 or hamming (on hash codes)")] = "cosine",
     k: Annotated[int, typer.Option("-k", help="number of results")] = 20,
     taxon: Annotated[str | None, typer.Option(help="only this taxon and its subtree")] = None,
     sample: Annotated[str | None, typer.Option(help="only this sample")] = None,
     unlabeled: Annotated[bool, typer.Option(help="only images without a label")] = False,
+    depth_min: Annotated[float | None, typer.Option("--depth-min", help="only images reaching this depth")] = None,
+    depth_max: Annotated[float | None, typer.Option("--depth-max", help="only images above this depth")] = None,
+    method: Annotated[str, typer.Option("--method", help="exact, hnsw, ivfflat, lsh or two-stage")] = "exact",
+    ef_search: Annotated[int | None, typer.Option("--ef-search", help="hnsw: candidate list (default 40)")] = None,
+    probes: Annotated[int | None, typer.Option("--probes", help="ivfflat: lists probed (default 1)")] = None,
+    candidates: Annotated[int | None, typer.Option("--candidates",
+                                                   help="two-stage: Hamming shortlist size (default 200)")] = None,
+    radius: Annotated[int | None, typer.Option("--radius", help="lsh: bucket Hamming radius (default 2)")] = None,
+    bits: Annotated[int | None, typer.Option("--bits", help="hash code length to use (default: newest)")] = None,
+    hash_method: Annotated[str | None, typer.Option("--hash-method", help="lsh or itq codes (default: newest)")] = None,
     model: ModelOpt = None,
     device: Device = "auto",
     as_json: JsonOut = False,
 ) -> None:
-    """The k most similar images, by one SQL query over pgvector."""
+    """The k most similar images, by one SQL query over pgvector (exactly, or through an ANN index)."""
     from plankton_db.embed import load_encoder, require_model
     from plankton_db.errors import InvalidArgument
     from plankton_db.imageio import decode
-    from plankton_db.retrieval import Filters, check_search_args, search_by_id, search_by_vector
+    from plankton_db.retrieval import Filters, SearchOptions, check_search_args, search_by_id, search_by_vector
 
     if (image_file is None) == (image_id is None):
         raise InvalidArgument("give exactly one of IMAGE_FILE or --id")
-    check_search_args(metric, k)
-    filters = Filters(taxon=taxon, sample=sample, unlabeled=unlabeled)
+    check_search_args(metric, k, method)
+    filters = Filters(taxon=taxon, sample=sample, unlabeled=unlabeled, depth_min=depth_min, depth_max=depth_max)
+    options = SearchOptions(method=method, ef_search=ef_search, probes=probes, candidates=candidates, radius=radius,
+                            bits=bits, hash_method=hash_method)
     db = open_db()
     with db.ReadSession() as s:  # a streaming replica when PLANKTON_REPLICA_URLS is set
         row = require_model(s, model)
         if image_id is not None:
-            hits = search_by_id(s, row.id, image_id, metric=metric, k=k, filters=filters)
+            hits = search_by_id(s, row.id, image_id, metric=metric, k=k, filters=filters, method=method,
+                                options=options)
         else:
             try:
                 data = image_file.read_bytes()
@@ -131,14 +144,15 @@ def search(
             decoded = decode(data, max_pixels=db.settings.max_pixels)
             encoder, _ = load_encoder(s, row.name, device=device)
             vector = encoder.encode([decoded.image])[0]
-            hits = search_by_vector(s, row.id, vector, metric=metric, k=k, filters=filters)
+            hits = search_by_vector(s, row.id, vector, metric=metric, k=k, filters=filters, method=method,
+                                    options=options)
     db.dispose()
     query = {"image_id": image_id} if image_id is not None else {"file": str(image_file)}
     if as_json:
-        out.print_json(json.dumps({"query": query, "model": row.name, "metric": metric,
+        out.print_json(json.dumps({"query": query, "model": row.name, "metric": metric, "method": method,
                                    "hits": [h.__dict__ for h in hits]}))
         return
-    table = Table(title=f"{len(hits)} nearest by {metric} ({row.name})")
+    table = Table(title=f"{len(hits)} nearest by {metric} ({row.name}, {method})")
     for col in ("id", "distance", "label", "path"):
         table.add_column(col)
     for h in hits:
@@ -149,7 +163,13 @@ def search(
 
 @app.command("eval")
 @handles_errors
-def eval_cmd(metric: Metric = "cosine", model: ModelOpt = None, as_json: JsonOut = False) -> None:
+def eval_cmd(
+    metric: Annotated[str, typer.Option("--metric", help="cosine, l2 or hamming (on hash codes)")] = "cosine",
+    bits: Annotated[int | None, typer.Option("--bits", help="hamming: code length (default: newest codes)")] = None,
+    hash_method: Annotated[str | None, typer.Option("--hash-method", help="hamming: lsh or itq codes")] = None,
+    model: ModelOpt = None,
+    as_json: JsonOut = False,
+) -> None:
     """Leave-one-out retrieval over every image with a validated label."""
     from plankton_db.embed import require_model
     from plankton_db.evaluate import evaluate
@@ -160,8 +180,8 @@ def eval_cmd(metric: Metric = "cosine", model: ModelOpt = None, as_json: JsonOut
     with db.Session.begin() as s, progress() as bar:
         row = require_model(s, model)
         task = bar.add_task(f"eval ({row.name}, {metric})", total=None)
-        result = evaluate(s, row.id, row.name, metric=metric, on_total=lambda n: bar.update(task, total=n),
-                          on_progress=lambda n: bar.advance(task, n))
+        result = evaluate(s, row.id, row.name, metric=metric, bits=bits, hash_method=hash_method,
+                          on_total=lambda n: bar.update(task, total=n), on_progress=lambda n: bar.advance(task, n))
     db.dispose()
     if as_json:
         out.print_json(json.dumps(result.to_json()))
