@@ -19,6 +19,9 @@ import pytest
 from plankton_db.config import Settings
 from plankton_db.db import Database, connect, sqlalchemy_url
 
+# Fixtures shared by the web tests (a seeded, embedded database and a logged-in client).
+pytest_plugins = ["web_support"]
+
 TEMPLATE = f"plankton_test_template_{os.getpid()}"
 _counter = itertools.count()
 

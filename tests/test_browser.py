@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from conftest import drop_database, new_database
 from plankton_db.config import Settings
-from web_support import PASSWORDS, seeded  # noqa: F401  (fixture)
+from web_support import PASSWORDS
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(os.environ.get("PLANKTON_SCREENSHOTS") or tempfile.mkdtemp(prefix="plankton-screenshots-"))

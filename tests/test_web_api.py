@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from web_support import WebEnv, web, seeded  # noqa: F401  (fixtures)
+from web_support import WebEnv
 
 
 @pytest.fixture

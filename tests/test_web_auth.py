@@ -7,7 +7,7 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from web_support import PASSWORDS, WebEnv, web, seeded  # noqa: F401  (fixtures)
+from web_support import PASSWORDS, WebEnv
 
 # Every route with a method and an example URL; the test below fails when a route is added without an entry.
 ROUTES = {
