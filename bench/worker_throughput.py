@@ -91,7 +91,7 @@ def run_model(name: str, files: list[Path], args: argparse.Namespace, scratch: P
         model_id = register_model(s, encoder).id
         queue.subscribe(s, model_id)
     store = ContentStore(settings.store)
-    r = dict(model=name, n=0, n_bare=0, bare_s=0.0, worker_s=0.0, wall_s=0.0, batch=[], db=[], load=[], failed=0)
+    r = dict(model=name, n=0, n_bare=0, bare_s=0.0, worker_s=0.0, wall_s=0.0, batch=[], db=[], load=[], failed=0, rounds=[])
     try:
         for i in range(args.rounds):
             chunk = files[i :: args.rounds]
@@ -121,6 +121,7 @@ def run_model(name: str, files: list[Path], args: argparse.Namespace, scratch: P
             r["batch"] += stats.batch_times
             r["db"] += stats.db_times
             r["failed"] += stats.failed
+            r["rounds"].append((stats.embedded / stats.seconds) / (len(jobs) / bare))
             print(f"{name} round {i + 1}: {len(jobs)} images; bare {len(jobs) / bare:.1f}/s, worker "
                   f"{stats.embedded / stats.seconds:.1f}/s steady, {stats.embedded / wall:.1f}/s incl. start-up",
                   flush=True)
@@ -155,7 +156,9 @@ def report(results: list[dict], files: list[Path], args: argparse.Namespace) -> 
             f"| {share:.2f}% (max batch {100 * max(d / b for d, b in zip(r['db'], r['batch'], strict=True)):.2f}%) "
             f"| {1000 * statistics.mean(r['load']):.2f} |"
         )
-    lines += ["", "Steady state: from the first batch reaching the model to the last batch written. "
+    lines += ["", "Per-round ratios (worker steady / bare), to show the machine's noise: " + "; ".join(
+        f"{r['model']} " + ", ".join(f"{x:.2f}" for x in r["rounds"]) for r in results) + ".",
+        "", "Steady state: from the first batch reaching the model to the last batch written. "
               "DB time per batch: the lease renewal plus the binary COPY and the finishing statement. "
               f"Failed images: {sum(r['failed'] for r in results)}."]
     return "\n".join(lines)
