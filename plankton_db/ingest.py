@@ -207,7 +207,7 @@ def ingest_batch(
     inserted = set(session.execute(stmt).scalars())
     summary.added = len(inserted)
     summary.already_present = len(batch) - len(inserted)
-    ids = dict(session.execute(sa.select(Image.sha256, Image.id).where(Image.sha256.in_(list(unique)))).tuples().all())
+    ids = dict(session.execute(sa.select(Image.sha256, Image.id).where(Image.sha256.in_(list(unique)))).all())
     # Same transaction as the rows: no image is ever committed without the embedding jobs of the models
     # that workers serve (see plankton_db.queue.enqueue_new_images and docs/WORKER.md).
     enqueue_new_images(session, [ids[sha] for sha in inserted])

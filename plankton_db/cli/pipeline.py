@@ -43,7 +43,7 @@ def ingest(
     if summary.added == 0 and summary.already_present and not summary.rejected:
         out.print("nothing new: every image was already in the database")
     for r in summary.rejected:
-        err.print(f"rejected {r.path}: {r.reason}", highlight=False, markup=False)
+        err.print(f"rejected {r.path}: {r.reason}", highlight=False, markup=False, soft_wrap=True)
     if summary.rejected:
         raise typer.Exit(1)
 
@@ -86,7 +86,7 @@ def embed(
     out.print(f"{summary.embedded} images embedded with {row.name} ({row.dim} dims) "
               f"in {summary.seconds:.1f} s: {summary.images_per_second:.1f} images/s", highlight=False)
     for image_id, reason in summary.failed:
-        err.print(f"failed image {image_id}: {reason}", highlight=False, markup=False)
+        err.print(f"failed image {image_id}: {reason}", highlight=False, markup=False, soft_wrap=True)
     if summary.failed:
         raise typer.Exit(1)
 
