@@ -229,3 +229,15 @@ def test_cli_import_and_export(cli_env: dict[str, str], tmp_path: Path) -> None:
             in r.stderr)
     r = runner.invoke(app, ["export-ecotaxa", str(tmp_path / "out.tar")], env=cli_env)
     assert r.exit_code == 1 and "the EcoTaxa export is a .zip file" in r.stderr
+    r = runner.invoke(app, ["export-csv", str(tmp_path / "o.csv"), "--status", "maybe"], env=cli_env)
+    assert r.exit_code == 1 and "error: unknown status 'maybe'; choose one of: predicted, validated, dubious" in r.stderr
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as z:
+        z.writestr("notes.txt", "no table here")
+    r = runner.invoke(app, ["import-ecotaxa", str(tmp_path / "empty.zip")], env=cli_env)
+    assert r.exit_code == 1
+    assert (f"error: {tmp_path / 'empty.zip'}: no EcoTaxa table found (files named ecotaxa*.tsv or ecotaxa*.txt)"
+            in r.stderr)
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    r = runner.invoke(app, ["import-ecotaxa", str(tmp_path / "photo.jpg")], env=cli_env)
+    assert r.exit_code == 1
+    assert f"error: {tmp_path / 'photo.jpg'}: expected an EcoTaxa .tsv file, a folder or a .zip" in r.stderr
