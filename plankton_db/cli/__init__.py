@@ -11,6 +11,7 @@ from plankton_db.cli import worker as _worker  # noqa: F401  (registers worker a
 from plankton_db.cli import web as _web  # noqa: F401  (registers serve, user, token, suggest, simulate-labeling)
 from plankton_db.cli import ecosystem as _ecosystem  # noqa: F401  (registers import/export-ecotaxa, export-*, taxonomy)
 from plankton_db.cli import ann as _ann  # noqa: F401  (registers index, hash and bench)
+from plankton_db.cli import ops as _ops  # noqa: F401  (registers db check, backup and restore)
 from plankton_db.cli.common import app
 
 
