@@ -47,6 +47,9 @@ class Preprocess:
     object_crop: bool = False
     # Stretch each image's grey levels from its background to its brightest pixels.
     stretch: bool = False
+    # Never enlarge by more than this factor (None: always fill the frame); small objects then stay small,
+    # which keeps their size visible to the network.
+    max_upscale: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -56,13 +59,17 @@ class Preprocess:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise InvalidArgument("preprocess mean and std need 3 values each, and std must be positive")
         if self.interpolation not in _RESAMPLE:
-            raise InvalidArgument(f"preprocess interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+            raise InvalidArgument(
+                f"preprocess interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}"
+            )
         if self.mode not in _MODES:
             raise InvalidArgument(f"preprocess mode must be one of {list(_MODES)}, got {self.mode!r}")
         if not 0.0 <= self.margin <= 1.0:
             raise InvalidArgument(f"preprocess margin must be from 0 to 1, got {self.margin!r}")
         if not 0.1 <= self.crop_pct <= 1.0:
             raise InvalidArgument(f"preprocess crop_pct must be from 0.1 to 1, got {self.crop_pct!r}")
+        if self.max_upscale is not None and not 0.1 <= self.max_upscale <= 100:
+            raise InvalidArgument(f"preprocess max_upscale must be null or from 0.1 to 100, got {self.max_upscale!r}")
 
     def to_dict(self) -> dict:
         """Return a JSON-ready dict holding every field."""
@@ -117,9 +124,13 @@ class Preprocess:
         # Resize first and pad afterwards: the result is the same, and a 4000 px crop never becomes a
         # 4000 px canvas.
         scale = self.size / (max(w, h) * (1.0 + 2.0 * self.margin))
+        if self.max_upscale is not None:
+            scale = min(scale, self.max_upscale)
         new = (min(self.size, max(1, round(w * scale))), min(self.size, max(1, round(h * scale))))
         canvas = Image.new("RGB", (self.size, self.size), fill)
-        canvas.paste(rgb.resize(new, _RESAMPLE[self.interpolation]), ((self.size - new[0]) // 2, (self.size - new[1]) // 2))
+        canvas.paste(
+            rgb.resize(new, _RESAMPLE[self.interpolation]), ((self.size - new[0]) // 2, (self.size - new[1]) // 2)
+        )
         return canvas
 
 
@@ -170,7 +181,9 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise InvalidArgument(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
         if device != "cuda" and int(device.split(":")[1]) >= torch.cuda.device_count():
-            raise InvalidArgument(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+            raise InvalidArgument(
+                f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
+            )
         return torch.device(device)
     raise InvalidArgument(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
@@ -215,7 +228,9 @@ def _load_lite0_package(arch: str) -> tuple[torch.nn.Module, str]:
     mapped = {}
     for (skey, sval), (dkey, dval) in zip(src, dst.items(), strict=True):
         if sval.shape != dval.shape or skey.rsplit(".", 1)[-1] != dkey.rsplit(".", 1)[-1]:
-            raise UnknownModel(f"{path.name}: {skey} {tuple(sval.shape)} does not map onto {arch} {dkey} {tuple(dval.shape)}")
+            raise UnknownModel(
+                f"{path.name}: {skey} {tuple(sval.shape)} does not map onto {arch} {dkey} {tuple(dval.shape)}"
+            )
         mapped[dkey] = sval
     model.load_state_dict(mapped, strict=True)
     return model, _sha256_file(path)
@@ -243,7 +258,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
-        raise UnknownModel(f"checkpoint {path} is not a readable PyTorch state dict: {str(exc).splitlines()[0]}") from None
+        raise UnknownModel(
+            f"checkpoint {path} is not a readable PyTorch state dict: {str(exc).splitlines()[0]}"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -274,12 +291,12 @@ def _fit_state(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str
 def default_preprocess(pretrained_cfg: dict, **overrides: object) -> Preprocess:
     """Preprocess with the model's own normalisation, size and interpolation, and plankton-friendly geometry."""
     interpolation = pretrained_cfg.get("interpolation", "bicubic")
-    base = dict(
-        size=int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
-        mean=tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
-        interpolation=interpolation if interpolation in _RESAMPLE else "bicubic",
-    )
+    base = {
+        "size": int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
+        "mean": tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+        "interpolation": interpolation if interpolation in _RESAMPLE else "bicubic",
+    }
     return Preprocess(**{**base, **overrides})
 
 

@@ -39,7 +39,9 @@ def bar(size: tuple[int, int] = (90, 70)) -> Image.Image:
 
 
 def test_preprocess_round_trips_through_json() -> None:
-    pp = Preprocess(size=128, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), interpolation="bilinear", margin=0.1)
+    pp = Preprocess(
+        size=128, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), interpolation="bilinear", margin=0.1, max_upscale=2.0
+    )
     again = Preprocess.from_dict(json.loads(json.dumps(pp.to_dict())))
     assert again == pp
     assert Preprocess.from_dict(Preprocess().to_dict()) == Preprocess()
@@ -58,8 +60,16 @@ def test_from_dict_rejects_unknown_and_missing_keys() -> None:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("interpolation", "nearest"), ("mode", "stretch"), ("size", 0), ("size", "224"), ("std", [0.5, 0.0, 0.5]),
-     ("mean", [0.5]), ("margin", -0.1)],
+    [
+        ("interpolation", "nearest"),
+        ("mode", "stretch"),
+        ("size", 0),
+        ("size", "224"),
+        ("std", [0.5, 0.0, 0.5]),
+        ("mean", [0.5]),
+        ("margin", -0.1),
+        ("max_upscale", 0.0),
+    ],
 )
 def test_from_dict_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(InvalidArgument):
@@ -71,7 +81,7 @@ def test_tall_thin_image_keeps_both_ends() -> None:
     arr = np.zeros((300, 20), np.uint8)
     arr[2:10, 6:14] = 255
     arr[290:298, 6:14] = 255
-    img = Image.fromarray(arr, mode="L")
+    img = Image.fromarray(arr)
     grey = Preprocess(size=64)(img).mean(dim=0)  # normalised: -1 is black, +1 is white
     assert grey[:16].max() > 0 and grey[-16:].max() > 0
     assert grey.min() == pytest.approx(-1.0)  # padding uses the black background, not grey
@@ -93,11 +103,23 @@ def test_object_crop_zooms_onto_the_object() -> None:
     assert (zoomed > 0).sum() > 5 * (whole > 0).sum()
 
 
+def test_max_upscale_keeps_small_objects_small() -> None:
+    t = Preprocess(size=64, max_upscale=1.0)(_framed(Image.new("L", (8, 8), 255))).mean(dim=0)
+    assert int((t > 0).sum()) == 64  # the 8 x 8 white square, not enlarged
+
+
+def _framed(inner: Image.Image) -> Image.Image:
+    """Put `inner` in the middle of a black frame twice its size, so the border colour is black."""
+    frame = Image.new("L", (inner.width * 2, inner.height * 2), 0)
+    frame.paste(inner, (inner.width // 2, inner.height // 2))
+    return frame
+
+
 @pytest.mark.parametrize(
     "img",
     [
         disk(),
-        Image.fromarray((np.arange(60 * 30, dtype=np.uint16).reshape(30, 60) * 2), mode="I;16"),
+        Image.fromarray(np.arange(60 * 30, dtype=np.uint16).reshape(30, 60) * 2),
         Image.new("RGBA", (25, 70), (255, 255, 255, 0)),
         disk().convert("P"),
         Image.new("RGB", (1, 1), (10, 20, 30)),
