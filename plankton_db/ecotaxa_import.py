@@ -19,7 +19,7 @@ from plankton_db.config import Settings
 from plankton_db.ecotaxa import Problem, Record, Table, lineage_for, parse_tsv
 from plankton_db.errors import ImageRejected, InvalidArgument
 from plankton_db.imageio import decode
-from plankton_db.ingest import ensure_taxa
+from plankton_db.ingest import ensure_taxa, read_input_file
 from plankton_db.models import Image
 from plankton_db.queue import enqueue_new_images
 from plankton_db.store import ContentStore, sha256_bytes
@@ -67,7 +67,7 @@ class FolderBundle(Bundle):
         return found
 
     def read(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        return read_input_file(self.root / name)  # a FIFO named in a TSV must not hang the import
 
     def origin(self, name: str) -> str:
         return str((self.root / name).absolute())

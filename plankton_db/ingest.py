@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,7 +83,7 @@ def discover(paths: Iterable[Path], *, labels_from_folders: bool = False) -> tup
     summary = IngestSummary()
 
     def add(p: Path) -> None:
-        found.append(Candidate(p, p.parent.name if labels_from_folders else None))
+        found.append(Candidate(p, text_path(p.parent.name) if labels_from_folders else None))
 
     for root in paths:
         root = Path(root)
@@ -100,16 +102,31 @@ def discover(paths: Iterable[Path], *, labels_from_folders: bool = False) -> tup
         elif root.exists() or root.is_symlink():
             add(root)  # named explicitly, so it is tried whatever its suffix
         else:
-            summary.rejected.append(Rejection(str(root), "no such file or directory"))
+            summary.rejected.append(Rejection(text_path(root), "no such file or directory"))
     return found, summary
+
+
+def read_input_file(path: Path) -> bytes:
+    """The bytes of a regular file; a FIFO, device or socket raises OSError instead of blocking or never ending."""
+    # O_NONBLOCK: opening a FIFO with no writer would otherwise wait for ever; it changes nothing for regular files.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
+        return fh.read()
+
+
+def text_path(path: Path | str) -> str:
+    """The path as storable text: bytes that are not UTF-8 (older file systems) become \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def prepare(candidate: Candidate, store: ContentStore, max_pixels: int) -> Prepared | Rejection:
     """Read, validate and store one file; a bad file becomes a Rejection, never an exception."""
     try:
-        data = candidate.path.read_bytes()
+        data = read_input_file(candidate.path)
     except OSError as exc:
-        return Rejection(str(candidate.path), f"cannot read: {exc.strerror or exc}")
+        return Rejection(text_path(candidate.path), f"cannot read: {exc.strerror or exc}")
     try:
         decoded = decode(data, max_pixels=max_pixels)
     except ImageRejected as exc:
@@ -191,8 +208,8 @@ def ingest_batch(
     rows = [
         {
             "sha256": p.sha256,
-            "original_name": p.candidate.path.name,
-            "original_path": str(p.candidate.path.absolute()),
+            "original_name": text_path(p.candidate.path.name),
+            "original_path": text_path(p.candidate.path.absolute()),
             "width": p.width,
             "height": p.height,
             "format": p.format,

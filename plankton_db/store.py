@@ -36,6 +36,9 @@ class ContentStore:
         digest = sha256 or sha256_bytes(data)
         target = self.path_for(digest)
         if target.is_file():
+            # Touched so `plankton db check --fix-orphans` sees the file as in use: its grace period counts
+            # from the last ingest that relied on it, not from when the bytes were first written.
+            os.utime(target)
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
         # A crash leaves at most a stray temp file, never a partial file at the final path.

@@ -88,6 +88,8 @@ def str_arg(name: str, max_length: int = 200) -> str | None:
         return None
     if len(raw) > max_length:
         raise InvalidArgument(f"{name} is longer than {max_length} characters")
+    if "\x00" in raw:  # PostgreSQL text cannot hold NUL; refused here with the parameter's name
+        raise InvalidArgument(f"{name} must not contain NUL characters")
     return raw
 
 

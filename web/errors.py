@@ -66,6 +66,12 @@ def init_app(app: Flask) -> None:
             return exc.response
         return respond(exc.code or 500, exc.description or exc.name)
 
+    @app.errorhandler(sa.exc.DataError)
+    def bad_value(exc: sa.exc.DataError):
+        # A value PostgreSQL refuses (a NUL character, a number out of range) is the client's input, not a fault.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "invalid value"
+        return respond(400, f"a value in the request was refused by the database: {reason}")
+
     @app.errorhandler(sa.exc.OperationalError)
     def db_down(exc: sa.exc.OperationalError):
         log.exception("database error")
