@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from plankton_db.embedding import DEFAULT_MODEL, Encoder, ModelSpec, Preprocess, _load_lite0_package
 from plankton_db.imageio import decode
 
-IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 BASE = Preprocess()  # 224, mean/std 0.5, bicubic, pad to square with the border colour, no margin
 
 # name -> (timm architecture that receives the packaged lite0 weights, preprocessing)
@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[str, Preprocess]] = {
     "pad_s256": ("tf_efficientnet_lite0", replace(BASE, size=256)),
     "pad_s288": ("tf_efficientnet_lite0", replace(BASE, size=288)),
     "pad_stretch": ("tf_efficientnet_lite0", replace(BASE, stretch=True)),
+    "pad_max_upscale1": ("tf_efficientnet_lite0", replace(BASE, max_upscale=1.0)),
     "object_m10": ("tf_efficientnet_lite0", replace(BASE, object_crop=True, margin=0.10)),
     "object_m25": ("tf_efficientnet_lite0", replace(BASE, object_crop=True, margin=0.25)),
 }
@@ -98,32 +99,48 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown variants {unknown}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run(
+        "lscpu | grep 'Model name'", shell=True, capture_output=True, text=True, check=False
+    ).stdout.strip()
     models: dict[str, tuple[torch.nn.Module, str]] = {}
     for ds in args.datasets:
         t0 = time.perf_counter()
         images, labels, classes = load_dataset(args.data / ds)
-        print(f"{ds}: {len(images)} images, {len(classes)} classes, decoded in {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"{ds}: {len(images)} images, {len(classes)} classes, decoded in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
         for name in names:
             arch, pp = VARIANTS[name]
             if arch not in models:
                 models[arch] = _load_lite0_package(arch)
             model, sha = models[arch]
-            spec = ModelSpec(name=DEFAULT_MODEL, arch=arch, weights_sha256=sha, dim=int(model.num_features), preprocess=pp)
+            spec = ModelSpec(
+                name=DEFAULT_MODEL, arch=arch, weights_sha256=sha, dim=int(model.num_features), preprocess=pp
+            )
             encoder = Encoder(model, spec, torch.device("cpu"))
             t0 = time.perf_counter()
             feats = embed(encoder, images, args.batch_size)
             seconds = time.perf_counter() - t0
             row = {
-                "variant": name, "dataset": ds, "n": len(images), "classes": len(classes), "arch": arch,
+                "variant": name,
+                "dataset": ds,
+                "n": len(images),
+                "classes": len(classes),
+                "arch": arch,
                 **{k: round(v, 4) for k, v in loo_metrics(feats, labels).items()},
-                "embed_s": round(seconds, 1), "preprocess": pp.to_dict(),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-                "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+                "embed_s": round(seconds, 1),
+                "preprocess": pp.to_dict(),
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "cpu": cpu,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
             }
             print(
                 f"| {name} | {ds} | {row['cos_top1']:.3f} | {row['cos_p10']:.3f} | {row['l2_top1']:.3f} | "
-                f"{row['l2_p10']:.3f} | {seconds:.0f}s", flush=True,
+                f"{row['l2_p10']:.3f} | {seconds:.0f}s",
+                flush=True,
             )
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
