@@ -88,6 +88,10 @@ def taxon_id(session: Session, name: str, *, create: bool = False) -> int:
 def _record(session: Session, pairs: list[tuple[int, int]], status: str, annotator: str, source: str,
             kind: str, scores: list[float | None] | None = None) -> ActionResult:
     """Append one annotation per (image, taxon) pair and one label_actions row tying them together."""
+    # In image order, so two actions on overlapping selections lock label rows in the same order (no deadlock).
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
+    pairs = [pairs[i] for i in order]
+    scores = [scores[i] for i in order] if scores else None
     ann_ids = list(session.execute(
         sa.text(
             """
@@ -157,8 +161,10 @@ def undo_last(session: Session, annotator: str) -> ActionResult:
     action_id, kind, ann_ids = row
     # The trigger on annotation_retractions recomputes each image's current label.
     session.execute(
+        # Image order again, for the same lock order as labeling (actions stored before that order existed).
         sa.text("INSERT INTO annotation_retractions (annotation_id, action_id, retracted_by) "
-                "SELECT unnest(CAST(:ids AS bigint[])), :act, :a ON CONFLICT DO NOTHING"),
+                "SELECT a.id, :act, :a FROM annotations a WHERE a.id = ANY(CAST(:ids AS bigint[])) "
+                "ORDER BY a.image_id, a.id ON CONFLICT DO NOTHING"),
         {"ids": list(ann_ids), "act": action_id, "a": annotator},
     )
     session.execute(sa.text("UPDATE label_actions SET undone_at = now() WHERE id = :i"), {"i": action_id})

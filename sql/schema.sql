@@ -511,5 +511,32 @@ $$;
 
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
+-- Running upgrade 0005 -> 0006
+
+CREATE OR REPLACE FUNCTION image_labels_recompute() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE img bigint; best record;
+BEGIN
+    SELECT image_id INTO img FROM annotations WHERE id = NEW.annotation_id;
+    PERFORM 1 FROM image_labels WHERE image_id = img FOR UPDATE;
+    SELECT a.id, a.taxon_id, a.status, a.created_at INTO best
+      FROM annotations a
+     WHERE a.image_id = img
+       AND NOT EXISTS (SELECT 1 FROM annotation_retractions r WHERE r.annotation_id = a.id)
+     ORDER BY (a.status <> 'predicted') DESC, a.created_at DESC, a.id DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        DELETE FROM image_labels WHERE image_id = img;
+    ELSE
+        INSERT INTO image_labels (image_id, annotation_id, taxon_id, status, annotated_at)
+        VALUES (img, best.id, best.taxon_id, best.status, best.created_at)
+        ON CONFLICT (image_id) DO UPDATE
+           SET annotation_id = EXCLUDED.annotation_id, taxon_id = EXCLUDED.taxon_id,
+               status = EXCLUDED.status, annotated_at = EXCLUDED.annotated_at;
+    END IF;
+    RETURN NULL;
+END $$;
+
+UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
+
 COMMIT;
 
