@@ -188,7 +188,8 @@ def head_revision() -> str | None:
 def connect(settings: Settings, *, migrate: bool = True) -> Database:
     """Open the configured database (starting the embedded one if needed), migrating it when behind."""
     url = sqlalchemy_url(settings.database_url) if settings.database_url else start_embedded(settings)
-    engine = _probed(sa.create_engine(url, pool_pre_ping=True, future=True), display_url(url))
+    # hide_parameters: statement logs and error messages never carry values (password hashes, token digests).
+    engine = _probed(sa.create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True), display_url(url))
     db = Database(settings=settings, url=url, engine=engine, Session=sessionmaker(engine, expire_on_commit=False),
                   read_engines=[_replica_engine(r) for r in settings.replica_urls])
     if migrate:
@@ -198,7 +199,7 @@ def connect(settings: Settings, *, migrate: bool = True) -> Database:
 
 def _replica_engine(url: str) -> Engine:
     """An engine for one streaming replica; its transactions are READ ONLY, and a down replica fails the connect."""
-    engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, future=True,
+    engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True, future=True, hide_parameters=True,
                               execution_options={"postgresql_readonly": True})
     return _probed(engine, f"replica {display_url(url)}")
 
