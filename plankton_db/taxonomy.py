@@ -52,13 +52,23 @@ def _column(header: list[str], names: Sequence[str], required: bool, source: str
     return None
 
 
+def _csv_lines(reader, source: str):
+    """The reader's rows; a malformed file becomes InvalidArgument with its line, not a csv.Error."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise InvalidArgument(f"{source}: line {reader.line_num}: not readable as CSV ({exc})") from None
+
+
 def parse_taxonomy_csv(text: str, source: str = "taxonomy.csv") -> list[TaxonRow]:
     """Read `name,parent,aphia_id,rank` rows (only name is required); raise InvalidArgument listing bad lines."""
     # The sniffer only decides between comma, semicolon and tab: spreadsheets in many locales write ';'.
     sample = text[:4096]
     delimiter = max(",;\t", key=sample.split("\n", 1)[0].count)
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader, [])]
+    # newline="": a bare \r (old Mac line ends) is a line end, not an error.
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
+    lines = _csv_lines(reader, source)
+    header = [h.strip().lower() for h in next(lines, [])]
     if not any(header):
         raise InvalidArgument(f"{source}: the file is empty; expected a header with at least a 'name' column")
     name_i = _column(header, NAME_COLUMNS, True, source)
@@ -72,7 +82,7 @@ def parse_taxonomy_csv(text: str, source: str = "taxonomy.csv") -> list[TaxonRow
     rows: list[TaxonRow] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for values in reader:
+    for values in lines:
         line = reader.line_num
         if not any(v.strip() for v in values):
             continue
