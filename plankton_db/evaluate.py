@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,42 +47,59 @@ def average_precision(relevant: np.ndarray, n_relevant: int, depth: int = DEPTH)
     return float((rel * hits / ranks).sum() / min(depth, n_relevant))
 
 
-def evaluate(
+@dataclass(frozen=True)
+class Neighbours:
+    """For each query, the taxa of its DEPTH nearest other images, nearest first."""
+
+    labels: dict[int, int]
+    names: dict[int, str]
+    sizes: Counter
+    queries: list[int]
+    neighbours: dict[int, list[int]]
+    singletons: int
+
+
+def neighbour_lists(
     session: Session,
     model_id: int,
-    model_name: str,
     *,
     metric: str = "cosine",
     bits: int | None = None,
     hash_method: str | None = None,
+    holdout_of: int | Sequence[int] | None = None,
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> EvalResult:
-    """Query with each validated image against all others (itself excluded), by exact SQL scans.
-
-    With metric "hamming" the pool holds the images' bit codes under the chosen projection
-    (`plankton hash build`); ties in Hamming distance are broken by image id, so results are reproducible.
-    """
+) -> Neighbours:
+    """Run the leave-one-out queries in SQL and return the neighbours' taxa; evaluate() and reports score them."""
     op = check_search_args(metric, DEPTH)
     if metric == "hamming":
         from plankton_db.hashstore import find_projection
 
         proj = find_projection(session, model_id, bits, hash_method)
-        source = ("SELECT c.image_id, l.taxon_id, c.code::bit({bits}) AS embedding FROM hash_codes c "
+        source = (f"SELECT c.image_id, l.taxon_id, c.code::bit({proj.bits}) AS embedding FROM hash_codes c "
                   "JOIN image_labels l ON l.image_id = c.image_id "
-                  "WHERE c.projection_id = {pid} AND l.status = 'validated'").format(bits=proj.bits, pid=proj.id)
+                  f"WHERE c.projection_id = {proj.id} AND l.status = 'validated'")
     else:
         source = ("SELECT e.image_id, l.taxon_id, e.embedding FROM embeddings e "
                   "JOIN image_labels l ON l.image_id = e.image_id WHERE e.model_id = :m AND l.status = 'validated'")
+    # A report evaluates several models in one transaction; each run starts from its own pool.
+    session.execute(sa.text("DROP TABLE IF EXISTS eval_pool"))
     session.execute(sa.text(f"CREATE TEMP TABLE eval_pool ON COMMIT DROP AS {source}"), {"m": model_id})
     session.execute(sa.text("ANALYZE eval_pool"))
     labels = dict(session.execute(sa.text("SELECT image_id, taxon_id FROM eval_pool")).all())
     names = dict(session.execute(sa.text("SELECT id, name FROM taxa")).all())
     sizes = Counter(labels.values())
     queries = sorted(i for i, t in labels.items() if sizes[t] >= 2)
+    singletons = len(labels) - len(queries)
+    if holdout_of is not None:
+        held = [holdout_of] if isinstance(holdout_of, int) else list(holdout_of)
+        trained = set(session.scalars(sa.text("SELECT image_id FROM training_images WHERE model_id = ANY(:m)"),
+                                      {"m": held}))
+        queries = [i for i in queries if i not in trained]
     if not queries:
         raise InvalidArgument(
             "nothing to evaluate: need images with validated labels, at least two per class, embedded with this model"
+            + (", that the model did not train on" if holdout_of is not None else "")
         )
     if on_total:
         on_total(len(queries))
@@ -108,6 +125,31 @@ def evaluate(
             neighbours[qid].append(taxon_id)
         if on_progress:
             on_progress(len(ids))
+    return Neighbours(labels, names, sizes, queries, neighbours, singletons)
+
+
+def evaluate(
+    session: Session,
+    model_id: int,
+    model_name: str,
+    *,
+    metric: str = "cosine",
+    bits: int | None = None,
+    hash_method: str | None = None,
+    holdout_of: int | None = None,
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Query with each validated image against all others (itself excluded), by exact SQL scans.
+
+    With metric "hamming" the pool holds the images' bit codes under the chosen projection
+    (`plankton hash build`); ties in Hamming distance are broken by image id, so results are reproducible.
+    With `holdout_of` (a model id) the images that model trained on are left out of the queries; they stay
+    in the pool, as they would in the database being searched.
+    """
+    run = neighbour_lists(session, model_id, metric=metric, bits=bits, hash_method=hash_method,
+                          holdout_of=holdout_of, on_total=on_total, on_progress=on_progress)
+    labels, names, sizes, queries, neighbours = run.labels, run.names, run.sizes, run.queries, run.neighbours
 
     per_class_rows: dict[int, list[tuple[float, float, float, float]]] = defaultdict(list)
     for qid in queries:
@@ -140,5 +182,5 @@ def evaluate(
         precision_at_10=round(float(allrows[:, 2].mean()), 4),
         map_at_10=round(float(allrows[:, 3].mean()), 4),
         per_class=per_class,
-        skipped_singletons=len(labels) - len(queries),
+        skipped_singletons=run.singletons,
     )

@@ -290,3 +290,15 @@ class KnnEdge(Base):
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
     neighbour_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), index=True)
     distance: Mapped[float] = mapped_column(sa.Float)
+
+
+# ----------------------------------------------------------------------------- training (issue 6)
+
+
+class TrainingImage(Base):
+    """An image whose label a fine-tuned model learnt from; `plankton eval --holdout` never queries with it."""
+
+    __tablename__ = "training_images"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("embedding_models.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)

@@ -538,5 +538,19 @@ END $$;
 
 UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
 
+-- Running upgrade 0006 -> 0007
+
+CREATE TABLE training_images (
+    model_id INTEGER NOT NULL, 
+    image_id BIGINT NOT NULL, 
+    CONSTRAINT pk_training_images PRIMARY KEY (model_id, image_id), 
+    CONSTRAINT fk_training_images_model_id_embedding_models FOREIGN KEY(model_id) REFERENCES embedding_models (id) ON DELETE CASCADE, 
+    CONSTRAINT fk_training_images_image_id_images FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_training_images_image_id ON training_images (image_id);
+
+UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
+
 COMMIT;
 

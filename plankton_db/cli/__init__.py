@@ -12,6 +12,7 @@ from plankton_db.cli import web as _web  # noqa: F401  (registers serve, user, t
 from plankton_db.cli import ecosystem as _ecosystem  # noqa: F401  (registers import/export-ecotaxa, export-*, taxonomy)
 from plankton_db.cli import ann as _ann  # noqa: F401  (registers index, hash and bench)
 from plankton_db.cli import ops as _ops  # noqa: F401  (registers db check, backup and restore)
+from plankton_db.cli import train as _train  # noqa: F401  (registers train, augment-preview and report)
 from plankton_db.cli.common import app
 
 

@@ -168,6 +168,11 @@ def eval_cmd(
     bits: Annotated[int | None, typer.Option("--bits", help="hamming: code length (default: newest codes)")] = None,
     hash_method: Annotated[str | None, typer.Option("--hash-method", help="hamming: lsh or itq codes")] = None,
     model: ModelOpt = None,
+    holdout: Annotated[bool, typer.Option("--holdout", help="query only with images the model never trained on")]
+    = False,
+    holdout_of: Annotated[str | None, typer.Option("--holdout-of", help="like --holdout, with another model's "
+                                                   "training images (compare a base model on the same queries)")]
+    = None,
     as_json: JsonOut = False,
 ) -> None:
     """Leave-one-out retrieval over every image with a validated label."""
@@ -179,8 +184,9 @@ def eval_cmd(
     db = open_db()
     with db.Session.begin() as s, progress() as bar:
         row = require_model(s, model)
+        held = require_model(s, holdout_of).id if holdout_of else (row.id if holdout else None)
         task = bar.add_task(f"eval ({row.name}, {metric})", total=None)
-        result = evaluate(s, row.id, row.name, metric=metric, bits=bits, hash_method=hash_method,
+        result = evaluate(s, row.id, row.name, metric=metric, bits=bits, hash_method=hash_method, holdout_of=held,
                           on_total=lambda n: bar.update(task, total=n), on_progress=lambda n: bar.advance(task, n))
     db.dispose()
     if as_json:
