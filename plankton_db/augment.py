@@ -31,9 +31,16 @@ def _object_box(img: Image.Image, fill: tuple[int, ...]) -> tuple[int, int, int,
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
+def _room(size: tuple[int, int]) -> tuple[int, int]:
+    """The frame less a thin background border, so a re-fitted organism never touches the edge."""
+    pad = max(1, round(0.03 * min(size)))
+    return max(1, size[0] - 2 * pad), max(1, size[1] - 2 * pad)
+
+
 def _fit(obj: Image.Image, size: tuple[int, int], fill: tuple[int, ...]) -> Image.Image:
     """Centre `obj` on a canvas of `size`, shrinking it only when it would not fit (so nothing is cut off)."""
-    scale = min(1.0, size[0] / obj.width, size[1] / obj.height)
+    room = _room(size)
+    scale = min(1.0, room[0] / obj.width, room[1] / obj.height)
     if scale < 1.0:
         obj = obj.resize((max(1, round(obj.width * scale)), max(1, round(obj.height * scale))), Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", size, fill)
@@ -55,7 +62,8 @@ def scale(img: Image.Image, factor: float) -> Image.Image:
     fill = _fill(np.asarray(rgb))
     obj = rgb.crop(_object_box(rgb, fill))
     # Enlarging is capped so the whole organism stays inside the frame.
-    factor = min(factor, rgb.width / obj.width, rgb.height / obj.height)
+    room = _room(rgb.size)
+    factor = min(factor, room[0] / obj.width, room[1] / obj.height)
     obj = obj.resize((max(1, round(obj.width * factor)), max(1, round(obj.height * factor))), Image.Resampling.BICUBIC)
     return _fit(obj, rgb.size, fill)
 

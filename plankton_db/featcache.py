@@ -15,6 +15,7 @@ from plankton_db.imageio import decode
 from plankton_db.store import ContentStore
 
 BATCH = 32
+SAVE_EVERY = 25
 
 
 def _views(encoder: Encoder, img, names: Sequence[str], copies: int, rng: np.random.Generator) -> list[torch.Tensor]:
@@ -50,9 +51,16 @@ def augmented_features(encoder: Encoder, store: ContentStore, shas: Sequence[str
             cached[sha] = feats[i * k : (i + 1) * k]
         if on_progress:
             on_progress(min(start + BATCH, len(todo)), len(todo))
+        # Saved every SAVE_EVERY batches too, so an interrupted run resumes instead of starting over.
+        if (start // BATCH + 1) % SAVE_EVERY == 0:
+            _save(path, cached)
     if todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, shas=np.array(list(cached)), vectors=np.stack(list(cached.values())))
-        tmp.replace(path)
+        _save(path, cached)
     return np.stack([cached[s] for s in shas])
+
+
+def _save(path: Path, cached: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, shas=np.array(list(cached)), vectors=np.stack(list(cached.values())))
+    tmp.replace(path)

@@ -37,12 +37,12 @@ def fit_full(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
              n_classes: int, on_epoch: Callable[[int, float, float], None] | None = None
              ) -> tuple[Tuned, int, bool, float]:
     """Fine-tune a copy of the encoder's backbone with a new head; returns (model, epochs, interrupted, loss)."""
-    from plankton_db.train import _sampler, augment_free_stats, run_epochs
+    from plankton_db.train import _sampler, feature_stats, run_epochs
 
     torch.manual_seed(cfg.seed)
     backbone = copy.deepcopy(encoder.model).float().to(encoder.device, memory_format=torch.contiguous_format)
     head = Head(base_x.shape[1], cfg.dim, cfg.hidden)
-    mean, std = augment_free_stats(torch.as_tensor(base_x))
+    mean, std = feature_stats(torch.as_tensor(base_x))
     head.mean.copy_(mean)
     head.std.copy_(std)
     model = Tuned(backbone, head, tta=cfg.tta).to(encoder.device)

@@ -1,0 +1,128 @@
+"""Training benchmark: head training, loss choice, augmentation ablation, TTA and size features on a 20% holdout.
+
+Needs a PLANKTON_HOME per data set with the images ingested (--labels-from-folders) and embedded with the
+default model. Writes the "training" section of docs/BENCHMARKS.md and bench/out/training_<set>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+import torch
+
+from _report import write_section
+from plankton_db.config import Settings
+from plankton_db.db import connect
+from plankton_db.embed import load_encoder, require_model
+from plankton_db.evaluate import evaluate
+from plankton_db.featcache import augmented_features
+from plankton_db.imageio import decode
+from plankton_db.store import ContentStore
+from plankton_db.train import TrainConfig, base_vectors, fit_head, knn_top1, labelled_images, split, train
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def _head_top1(x, y, tr, ho, cfg, n_classes, x_eval=None) -> tuple[float, float]:
+    t = time.perf_counter()
+    head, *_ = fit_head(x[tr], y[tr], cfg, n_classes)
+    with torch.no_grad():
+        e = head(torch.as_tensor(x if x_eval is None else x_eval)).numpy()
+    return knn_top1(e, y, ho), time.perf_counter() - t
+
+
+def _descriptors(store: ContentStore, shas: list[str]) -> np.ndarray:
+    """log width, log height, log object area, object fill ratio: the size cues a 224 px resize removes."""
+    rows = []
+    for sha in shas:
+        grey = np.asarray(decode(store.read(sha), max_pixels=2**62).image.convert("L"), np.int16)
+        ring = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+        area = max(1, int((np.abs(grey - np.median(ring)) > 12).sum()))
+        h, w = grey.shape
+        rows.append([np.log(w), np.log(h), np.log(area), area / (w * h)])
+    d = np.array(rows, np.float32)
+    return (d - d.mean(0)) / np.maximum(d.std(0), 1e-6)
+
+
+def _with_size(feats: np.ndarray, desc: np.ndarray, weight: float) -> np.ndarray:
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    return np.concatenate([f, weight * desc / np.sqrt(desc.shape[1])], axis=1)
+
+
+def run(dataset: str, home: Path, augment_spec: str, copies: int, tta: bool) -> dict:
+    settings = Settings.from_env() if os.environ.get("PLANKTON_HOME") == str(home) else Settings(home=home)
+    db = connect(settings)
+    store = ContentStore(settings.store)
+    res: dict = {"dataset": dataset}
+    with db.Session() as s:
+        base = require_model(s, None)
+        data = labelled_images(s)
+        vec = base_vectors(s, base.id)
+        encoder, _ = load_encoder(s, base.name, device="cpu")
+    x = np.stack([vec[int(i)] for i in data.ids])
+    tr, ho = split(data.y, 0.2, 0)
+    n_c = len(data.classes)
+    res.update(n=len(data.ids), classes=n_c, n_train=len(tr), n_holdout=len(ho), base_top1=knn_top1(x, data.y, ho))
+    res["losses"] = {}
+    for name, cfg in [("normface", TrainConfig()), ("arcface", TrainConfig(loss="arcface")),
+                      ("supcon", TrainConfig(loss="supcon")), ("normface, no class balancing", TrainConfig(balance=False)),
+                      ("normface, 512 hidden", TrainConfig(hidden=512))]:
+        res["losses"][name] = _head_top1(x, data.y, tr, ho, cfg, n_c)
+        print(dataset, name, res["losses"][name], flush=True)
+    # The shipped command end to end: read features, train, register, write every image's new vector.
+    for label, aug in [("plain", "none"), ("augmented", augment_spec)]:
+        cfg = TrainConfig(name=f"{dataset}-head-{label}", augment=(aug,) if aug == "dihedral" else tuple(aug.split(",")),
+                          copies=copies, device="cpu")
+        with db.Session.begin() as s:
+            s.execute(sa.text("DELETE FROM embedding_models WHERE name = :n"), {"n": cfg.name})
+        t = time.perf_counter()
+        r = train(db.Session, store, cfg, cache_dir=settings.home / "cache")
+        res[f"train_{label}_seconds"] = time.perf_counter() - t
+        with db.Session.begin() as s:
+            res[f"sql_{label}"] = evaluate(s, r.model.id, r.model.name, holdout_of=r.model.id).to_json()
+            res["sql_base"] = evaluate(s, base.id, base.name, holdout_of=r.model.id).to_json()
+        print(dataset, label, res[f"train_{label}_seconds"], res[f"sql_{label}"]["top1"], flush=True)
+    if tta:
+        # Dihedral views of every labelled image: mean over the 8 for TTA, with and without the trained head.
+        views = augmented_features(encoder, store, data.shas, ("dihedral",), copies=1, seed=0,
+                                   cache_dir=settings.home / "cache")
+        mean8 = (x + views.sum(1)) / 8
+        res["tta_frozen"] = knn_top1(mean8, data.y, ho)
+        xa = np.concatenate([x[tr], views[tr].reshape(-1, x.shape[1])])
+        ya = np.concatenate([data.y[tr], np.repeat(data.y[tr], 7)])
+        head, *_ = fit_head(xa, ya, TrainConfig(), n_c)
+        with torch.no_grad():
+            res["tta_head_aug"] = knn_top1(head(torch.as_tensor(mean8)).numpy(), data.y, ho)
+            res["notta_head_aug"] = knn_top1(head(torch.as_tensor(x)).numpy(), data.y, ho)
+    desc = _descriptors(store, data.shas)
+    with torch.no_grad():
+        head, *_ = fit_head(x[tr], data.y[tr], TrainConfig(), n_c)
+        hx = head(torch.as_tensor(x)).numpy()
+    res["size"] = {str(w): [knn_top1(_with_size(x, desc, w), data.y, ho), knn_top1(_with_size(hx, desc, w), data.y, ho)]
+                   for w in (0.0, 0.1, 0.2, 0.3, 0.5)}
+    db.dispose()
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"training_{dataset}.json").write_text(json.dumps(res, indent=1, default=float))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("--augment", default="dihedral")
+    ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--tta", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    run(a.dataset, a.home, a.augment, a.copies, a.tta)
+
+
+if __name__ == "__main__":
+    main()
