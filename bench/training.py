@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 import torch
-
 from _report import write_section
+
 from plankton_db.config import Settings
 from plankton_db.db import connect
 from plankton_db.embed import load_encoder, require_model
@@ -59,7 +59,7 @@ def run(dataset: str, home: Path, augment_spec: str, copies: int, tta: bool) -> 
     settings = Settings.from_env() if os.environ.get("PLANKTON_HOME") == str(home) else Settings(home=home)
     db = connect(settings)
     store = ContentStore(settings.store)
-    res: dict = {"dataset": dataset}
+    res: dict = {"dataset": dataset, "augment": augment_spec}
     with db.Session() as s:
         base = require_model(s, None)
         data = labelled_images(s)
@@ -70,16 +70,20 @@ def run(dataset: str, home: Path, augment_spec: str, copies: int, tta: bool) -> 
     n_c = len(data.classes)
     res.update(n=len(data.ids), classes=n_c, n_train=len(tr), n_holdout=len(ho), base_top1=knn_top1(x, data.y, ho))
     res["losses"] = {}
-    for name, cfg in [("normface", TrainConfig()), ("arcface", TrainConfig(loss="arcface")),
-                      ("supcon", TrainConfig(loss="supcon")), ("normface, no class balancing", TrainConfig(balance=False)),
-                      ("normface, 512 hidden", TrainConfig(hidden=512))]:
+    variants = [("normface (default)", TrainConfig()), ("arcface", TrainConfig(loss="arcface")),
+                ("supcon", TrainConfig(loss="supcon")), ("normface, no class balancing", TrainConfig(balance=False)),
+                ("normface, linear head (no hidden layer)", TrainConfig(hidden=0)),
+                ("normface, 60 epochs", TrainConfig(epochs=60))]
+    for name, cfg in variants:
         res["losses"][name] = _head_top1(x, data.y, tr, ho, cfg, n_c)
         print(dataset, name, res["losses"][name], flush=True)
     # The shipped command end to end: read features, train, register, write every image's new vector.
     for label, aug in [("plain", "none"), ("augmented", augment_spec)]:
         cfg = TrainConfig(name=f"{dataset}-head-{label}", augment=(aug,) if aug == "dihedral" else tuple(aug.split(",")),
                           copies=copies, device="cpu")
-        with db.Session.begin() as s:
+        with db.Session.begin() as s:  # a rerun replaces its own models (embeddings first: no cascade there)
+            s.execute(sa.text("DELETE FROM embeddings WHERE model_id IN (SELECT id FROM embedding_models "
+                              "WHERE name = :n)"), {"n": cfg.name})
             s.execute(sa.text("DELETE FROM embedding_models WHERE name = :n"), {"n": cfg.name})
         t = time.perf_counter()
         r = train(db.Session, store, cfg, cache_dir=settings.home / "cache")
@@ -112,14 +116,59 @@ def run(dataset: str, home: Path, augment_spec: str, copies: int, tta: bool) -> 
     return res
 
 
+def _pct(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def write(datasets: list[str], command: str) -> None:
+    """Write the "training" section of docs/BENCHMARKS.md from bench/out/training_<set>.json."""
+
+    lines = []
+    for ds in datasets:
+        r = json.loads((OUT / f"training_{ds}.json").read_text())
+        sb, sp, sa_ = r["sql_base"], r["sql_plain"], r["sql_augmented"]
+        lines += [f"### {ds}: {r['n']} labelled images, {r['classes']} classes; {r['n_train']} train, "
+                  f"{r['n_holdout']} holdout (stratified, seed 0)", "",
+                  "Holdout queries only (`plankton eval --holdout`), searched against every labelled image.", "",
+                  "| model | top1 | precision@5 | precision@10 | mAP@10 | wall time of `plankton train` |",
+                  "|---|---|---|---|---|---|",
+                  f"| frozen default (tf_efficientnet_lite0) | {_pct(sb['top1'])} | {_pct(sb['precision_at_5'])} | "
+                  f"{_pct(sb['precision_at_10'])} | {_pct(sb['map_at_10'])} | - |",
+                  f"| head, no augmentation | {_pct(sp['top1'])} | {_pct(sp['precision_at_5'])} | "
+                  f"{_pct(sp['precision_at_10'])} | {_pct(sp['map_at_10'])} | {r['train_plain_seconds']:.0f} s |",
+                  f"| head, augmentation `{r.get('augment', '')}` | {_pct(sa_['top1'])} | "
+                  f"{_pct(sa_['precision_at_5'])} | {_pct(sa_['precision_at_10'])} | {_pct(sa_['map_at_10'])} | "
+                  f"{r['train_augmented_seconds']:.0f} s (first run, computing the augmented views) |", "",
+                  "Loss and head choice (same split, 30 epochs, holdout top1, training time on a busy CPU):", "",
+                  "| variant | holdout top1 | seconds |", "|---|---|---|"]
+        lines += [f"| {k} | {_pct(v[0])} | {v[1]:.0f} |" for k, v in r["losses"].items()]
+        if "tta_frozen" in r:
+            lines += ["", f"Test-time augmentation (mean over the 8 dihedral views, 8x compute): frozen "
+                      f"{_pct(r['base_top1'])} -> {_pct(r['tta_frozen'])}; head trained with dihedral views "
+                      f"{_pct(r['notta_head_aug'])} -> {_pct(r['tta_head_aug'])} with TTA."]
+        lines += ["", "Size features (log width, log height, log object area, fill ratio; standardised, appended "
+                  "with weight w to the L2-normalised embedding), holdout top1 (frozen / trained head):", "",
+                  "| w | frozen | head |", "|---|---|---|"]
+        lines += [f"| {w} | {_pct(v[0])} | {_pct(v[1])} |" for w, v in r["size"].items()]
+        lines.append("")
+    write_section("training", "Training: head fine-tuning, augmentation, TTA and size features", command,
+                  "\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("--write", nargs="+", metavar="DATASET", help="only write docs/BENCHMARKS.md from bench/out")
+    ap.add_argument("--dataset")
+    ap.add_argument("--home", type=Path)
     ap.add_argument("--augment", default="dihedral")
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--tta", action="store_true")
     a = ap.parse_args()
+    if a.write:
+        write(a.write, "PLANKTON_HOME=/tmp/train-uvp6_uvpec PYTHONPATH=.:bench .venv/bin/python bench/training.py "
+              "--dataset uvp6_uvpec --home /tmp/train-uvp6_uvpec --augment dihedral --tta; same for pwssc_spc with "
+              "--augment rotate,flip --copies 1; then --write uvp6_uvpec pwssc_spc")
+        return
     torch.set_num_threads(2)
     run(a.dataset, a.home, a.augment, a.copies, a.tta)
 

@@ -12,8 +12,10 @@ from PIL import Image, ImageFilter
 from plankton_db.errors import InvalidArgument
 from plankton_db.imageio import to_rgb
 
-# Same threshold as embedding._OBJECT_DELTA: grey levels that separate an organism from the background.
-_OBJECT_DELTA = 12
+# Grey levels that separate an organism from the background: lower than embedding._OBJECT_DELTA, and the
+# box gets a margin, because cutting a faint antenna here would change what the model learns.
+_OBJECT_DELTA = 6
+_BOX_MARGIN = 0.05
 
 
 def _fill(arr: np.ndarray) -> tuple[int, ...]:
@@ -28,7 +30,9 @@ def _object_box(img: Image.Image, fill: tuple[int, ...]) -> tuple[int, int, int,
     rows, cols = np.flatnonzero((diff > _OBJECT_DELTA).any(1)), np.flatnonzero((diff > _OBJECT_DELTA).any(0))
     if rows.size == 0:
         return (0, 0, img.width, img.height)
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    m = 1 + round(_BOX_MARGIN * max(rows[-1] - rows[0], cols[-1] - cols[0]))
+    return (max(0, int(cols[0]) - m), max(0, int(rows[0]) - m), min(img.width, int(cols[-1]) + 1 + m),
+            min(img.height, int(rows[-1]) + 1 + m))
 
 
 def _room(size: tuple[int, int]) -> tuple[int, int]:
@@ -155,7 +159,8 @@ def preview(img: Image.Image, names: Sequence[str], *, n: int = 8, cell: int = 1
     rows = -(-len(views) // cols)
     grid = Image.new("RGB", (cols * cell, rows * cell), (255, 255, 255))
     for i, v in enumerate(views):
-        thumb = v.copy()
-        thumb.thumbnail((cell - 4, cell - 4), Image.Resampling.BICUBIC)
+        # Enlarged as well as shrunk: most plankton crops are smaller than a grid cell.
+        k = (cell - 4) / max(v.size)
+        thumb = v.resize((max(1, round(v.width * k)), max(1, round(v.height * k))), Image.Resampling.BICUBIC)
         grid.paste(thumb, ((i % cols) * cell + (cell - thumb.width) // 2, (i // cols) * cell + (cell - thumb.height) // 2))
     return grid

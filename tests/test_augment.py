@@ -40,7 +40,8 @@ def test_every_augmentation_keeps_size_and_the_whole_organism() -> None:
             mask = object_pixels(out)
             # Nothing of the organism is cut by the frame: the border stays background.
             assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()), name
-            assert 0.4 * area < mask.sum() < 1.8 * area, (name, mask.sum(), area)
+            # Shrinking is allowed (a long organism turned across a wide frame), losing it is not.
+            assert 0.25 * area < mask.sum() < 1.8 * area, (name, mask.sum(), area)
 
 
 def test_rotation_by_any_angle_shrinks_only_when_needed() -> None:
@@ -64,7 +65,7 @@ def test_flip_and_scale_are_exact_where_they_should_be() -> None:
     mask = object_pixels(bigger)
     cols = np.flatnonzero(mask.any(0))
     # Capped so the whole organism still fits: it spans the frame's width but never leaves it.
-    assert cols[0] <= 6 and cols[-1] >= img.width - 7 and not mask[:, 0].any() and not mask[:, -1].any()
+    assert cols[0] <= 10 and cols[-1] >= img.width - 11 and not mask[:, 0].any() and not mask[:, -1].any()
     assert augment.photometric(img, 1.0, 1.0, 1.0).tobytes() == img.convert("RGB").tobytes()
     assert np.asarray(augment.photometric(img, brightness=1.2)).mean() > np.asarray(img.convert("RGB")).mean()
 

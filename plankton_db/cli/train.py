@@ -23,6 +23,7 @@ def train(
     holdout: Annotated[float, typer.Option("--holdout", min=0.0, max=0.95, help="fraction never trained on")] = 0.2,
     loss: Annotated[str, typer.Option("--loss", help="normface, arcface or supcon")] = "normface",
     dim: Annotated[int, typer.Option("--dim", min=2, max=4096, help="embedding dimensions")] = 256,
+    hidden: Annotated[int, typer.Option("--hidden", min=0, max=8192, help="head's hidden units (0: linear)")] = 512,
     tta: Annotated[bool, typer.Option("--tta", help="embed as the mean over the 8 flips/rotations (8x compute)")]
     = False,
     limit_per_class: Annotated[int, typer.Option("--limit-per-class", min=0, help="full mode: images per class")] = 0,
@@ -35,8 +36,8 @@ def train(
     from plankton_db.train import train as run_training
 
     cfg = TrainConfig(base=base, name=name, mode=mode, epochs=epochs, augment=tuple(augment.split(",")),
-                      copies=copies, holdout=holdout, loss=loss, dim=dim, tta=tta, seed=seed, device=device,
-                      limit_per_class=limit_per_class)
+                      copies=copies, holdout=holdout, loss=loss, dim=dim, hidden=hidden, tta=tta, seed=seed,
+                      device=device, limit_per_class=limit_per_class)
     cfg.check()
     db = open_db()
     result = run_training(
