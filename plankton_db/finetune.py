@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from plankton_db import augment, losses
-from plankton_db.embedding import Encoder, Head, Tuned
+from plankton_db.embedding import Encoder
 from plankton_db.imageio import decode
 from plankton_db.store import ContentStore
+from plankton_db.tuned import Head, Tuned
 
 
 class _Images(torch.utils.data.Dataset):

@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plankton_db import augment, losses
 from plankton_db.embed import ModelRow, get_model, load_encoder, require_model, write_embeddings
-from plankton_db.embedding import Encoder, Head, Tuned, signed_sqrt, tuned_checkpoint
+from plankton_db.embedding import Encoder
 from plankton_db.errors import InvalidArgument
 from plankton_db.featcache import augmented_features
 from plankton_db.models import Embedding, EmbeddingModel, TrainingImage
 from plankton_db.store import ContentStore
+from plankton_db.tuned import Head, Tuned, signed_sqrt, tuned_checkpoint
 
 MODES = ("head", "full")
 
@@ -213,8 +214,6 @@ def run_epochs(epochs: int, one_epoch: Callable[[], float], snapshot: Callable[[
 
 def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the signed-sqrt features, which the Head standardises with."""
-    from plankton_db.embedding import signed_sqrt
-
     s = signed_sqrt(x)
     return s.mean(0), s.std(0).clamp_min(1e-4)
 
