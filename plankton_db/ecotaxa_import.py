@@ -18,11 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from plankton_db.config import Settings
 from plankton_db.ecotaxa import Problem, Record, Table, lineage_for, parse_tsv
 from plankton_db.errors import ImageRejected, InvalidArgument
-from plankton_db.imageio import decode
-from plankton_db.ingest import ensure_taxa, read_input_file
+from plankton_db.ingest import StoredImage, ensure_taxa, read_input_file, store_image
 from plankton_db.models import Image
 from plankton_db.queue import enqueue_new_images
-from plankton_db.store import ContentStore, sha256_bytes
+from plankton_db.store import ContentStore
 from plankton_db.taxonomy import link_lineage
 
 # EcoTaxa's own rule for which files in a folder or zip are tables (ecotaxa_back InBundle.TSV_FILTERS).
@@ -138,27 +137,22 @@ class ImportSummary:
 class _Ready:
     record: Record
     member: str
-    sha256: str
-    width: int
-    height: int
-    format: str
-    mode: str
-    n_bytes: int
+    stored: StoredImage
 
 
 def _prepare(bundle: Bundle, table: str, record: Record, store: ContentStore, max_pixels: int) -> _Ready | Problem:
     try:
         member = image_member(table, record.image)
         data = bundle.read(member)
-        decoded = decode(data, max_pixels=max_pixels)
     except ValueError as exc:
         return Problem(table, record.line, str(exc))
     except (OSError, KeyError):
         return Problem(table, record.line, f"image {record.image!r} not found next to the TSV")
+    try:
+        # Outside the try above: a failing write to the store is an error, not a missing image.
+        return _Ready(record, member, store_image(data, store, max_pixels))
     except ImageRejected as exc:
         return Problem(table, record.line, f"image {record.image!r}: {exc}")
-    digest = store.put(data, sha256_bytes(data))
-    return _Ready(record, member, digest, decoded.width, decoded.height, decoded.format, decoded.mode, len(data))
 
 
 def store_batch(session: Session, bundle: Bundle, table: str, batch: Sequence[_Ready],
@@ -167,9 +161,8 @@ def store_batch(session: Session, bundle: Bundle, table: str, batch: Sequence[_R
     rows = {}
     for r in batch:
         rec = r.record
-        rows.setdefault(r.sha256, {
-            "sha256": r.sha256, "original_name": rec.image, "original_path": bundle.origin(r.member),
-            "width": r.width, "height": r.height, "format": r.format, "mode": r.mode, "n_bytes": r.n_bytes,
+        rows.setdefault(r.stored.sha256, {
+            **r.stored.columns(), "original_name": rec.image, "original_path": bundle.origin(r.member),
             "sample": rec.sample, "instrument": rec.instrument, "latitude": rec.latitude, "longitude": rec.longitude,
             "depth_min": rec.depth_min, "depth_max": rec.depth_max, "captured_at": rec.captured_at,
             "meta": rec.metadata,
@@ -206,7 +199,7 @@ def store_batch(session: Session, bundle: Bundle, table: str, batch: Sequence[_R
                       AND (a.created_at = p.at OR (p.at IS NULL AND a.source = :source)))
             """
         ),
-        {"image_ids": [ids[r.sha256] for r in labelled], "taxon_ids": [taxa[a.category] for a in anns],
+        {"image_ids": [ids[r.stored.sha256] for r in labelled], "taxon_ids": [taxa[a.category] for a in anns],
          "statuses": [a.status for a in anns], "annotators": [a.person or "ecotaxa" for a in anns],
          "ats": [a.at for a in anns], "source": SOURCE_PREFIX + table},
     ).rowcount

@@ -11,7 +11,6 @@ import torch
 
 from plankton_db import augment
 from plankton_db.embedding import Encoder
-from plankton_db.imageio import decode
 from plankton_db.store import ContentStore
 
 BATCH = 32
@@ -44,7 +43,7 @@ def augmented_features(encoder: Encoder, store: ContentStore, shas: Sequence[str
         for sha in chunk:
             # Seeded per image, so a cache entry never depends on which other images were in the run.
             rng = np.random.default_rng([seed, int(sha[:8], 16)])
-            per.append(_views(encoder, decode(store.read(sha), max_pixels=2**62).image, names, copies, rng))
+            per.append(_views(encoder, store.read_image(sha), names, copies, rng))
         k = len(per[0])
         feats = encoder.encode_tensors(torch.cat([v for views in per for v in views]))
         for i, sha in enumerate(chunk):

@@ -10,7 +10,6 @@ import torch
 
 from plankton_db import augment, losses
 from plankton_db.embedding import Encoder
-from plankton_db.imageio import decode
 from plankton_db.store import ContentStore
 from plankton_db.tuned import Head, Tuned
 
@@ -27,7 +26,7 @@ class _Images(torch.utils.data.Dataset):
         return len(self.shas)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = decode(self.store.read(self.shas[i]), max_pixels=2**62).image
+        img = self.store.read_image(self.shas[i])
         x = self.pp(augment.random_view(img, self.names, self.rng))
         if augment.DIHEDRAL in self.names:
             x = augment.dihedral(x[None])[int(self.rng.integers(8))][0]

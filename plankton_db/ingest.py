@@ -44,16 +44,35 @@ class Rejection:
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A decoded, stored file, ready to become a row."""
+class StoredImage:
+    """Bytes that decoded completely and now live in the content store, with the facts an images row needs."""
 
-    candidate: Candidate
     sha256: str
     width: int
     height: int
     format: str
     mode: str
     n_bytes: int
+
+    def columns(self) -> dict[str, object]:
+        """The `images` columns these facts fill."""
+        return {"sha256": self.sha256, "width": self.width, "height": self.height, "format": self.format,
+                "mode": self.mode, "n_bytes": self.n_bytes}
+
+
+def store_image(data: bytes, store: ContentStore, max_pixels: int) -> StoredImage:
+    """Decode `data` fully (raising ImageRejected) and then write it to the store; the one path for every importer."""
+    decoded = decode(data, max_pixels=max_pixels)
+    digest = store.put(data, sha256_bytes(data))
+    return StoredImage(digest, decoded.width, decoded.height, decoded.format, decoded.mode, len(data))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded, stored file, ready to become a row."""
+
+    candidate: Candidate
+    stored: StoredImage
 
 
 @dataclass
@@ -128,19 +147,9 @@ def prepare(candidate: Candidate, store: ContentStore, max_pixels: int) -> Prepa
     except OSError as exc:
         return Rejection(text_path(candidate.path), f"cannot read: {exc.strerror or exc}")
     try:
-        decoded = decode(data, max_pixels=max_pixels)
+        return Prepared(candidate, store_image(data, store, max_pixels))
     except ImageRejected as exc:
         return Rejection(str(candidate.path), str(exc))
-    digest = store.put(data, sha256_bytes(data))
-    return Prepared(
-        candidate=candidate,
-        sha256=digest,
-        width=decoded.width,
-        height=decoded.height,
-        format=decoded.format,
-        mode=decoded.mode,
-        n_bytes=len(data),
-    )
 
 
 def ensure_taxa(session: Session, names: Iterable[str]) -> dict[str, int]:
@@ -204,17 +213,12 @@ def ingest_batch(
         return summary
     unique: dict[str, Prepared] = {}
     for p in batch:
-        unique.setdefault(p.sha256, p)
+        unique.setdefault(p.stored.sha256, p)
     rows = [
         {
-            "sha256": p.sha256,
+            **p.stored.columns(),
             "original_name": text_path(p.candidate.path.name),
             "original_path": text_path(p.candidate.path.absolute()),
-            "width": p.width,
-            "height": p.height,
-            "format": p.format,
-            "mode": p.mode,
-            "n_bytes": p.n_bytes,
             "sample": sample,
             "instrument": instrument,
         }
@@ -229,7 +233,7 @@ def ingest_batch(
     # that workers serve (see plankton_db.queue.enqueue_new_images and docs/WORKER.md).
     enqueue_new_images(session, [ids[sha] for sha in inserted])
 
-    labelled = [(ids[p.sha256], p.candidate.label) for p in batch if p.candidate.label]
+    labelled = [(ids[p.stored.sha256], p.candidate.label) for p in batch if p.candidate.label]
     if labelled:
         taxa = ensure_taxa(session, (label for _, label in labelled))
         summary.labels_added = add_annotations(

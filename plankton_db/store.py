@@ -7,7 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from plankton_db.errors import UnknownImage
+from plankton_db.imageio import decode
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -60,3 +63,7 @@ class ContentStore:
             return self.path_for(sha256).read_bytes()
         except FileNotFoundError:
             raise UnknownImage(f"image {sha256} is missing from the store at {self.root}") from None
+
+    def read_image(self, sha256: str) -> Image.Image:
+        """The stored image, fully decoded; no pixel limit here, because ingest enforced it before storing."""
+        return decode(self.read(sha256), max_pixels=2**62).image

@@ -25,7 +25,6 @@ from sqlalchemy.orm import sessionmaker
 from plankton_db import queue
 from plankton_db.embedding import Preprocess
 from plankton_db.errors import DatabaseUnavailable
-from plankton_db.imageio import decode
 from plankton_db.store import ContentStore
 
 log = logging.getLogger("worker")
@@ -133,7 +132,7 @@ def load_images(store: ContentStore, jobs: tuple[queue.Job, ...], preprocess: Pr
     ids, tensors, failures = [], [], []
     for job in jobs:
         try:
-            tensors.append(preprocess(decode(store.read(job.sha256), max_pixels=2**62).image))
+            tensors.append(preprocess(store.read_image(job.sha256)))
             ids.append(job.image_id)
         except Exception as exc:  # noqa: BLE001 - a poisoned image must fail alone, whatever the cause
             failures.append((job.image_id, f"{type(exc).__name__}: {exc}"))
