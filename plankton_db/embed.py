@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plankton_db.embedding import DEFAULT_MODEL, Encoder, Preprocess
 from plankton_db.errors import ImageRejected, UnknownImage, UnknownModel
-from plankton_db.imageio import decode
 from plankton_db.models import EmbeddingModel
+from plankton_db.pg import raw_connection
 from plankton_db.store import ContentStore
 
 
@@ -121,10 +121,7 @@ def write_embeddings(session: Session, model_id: int, image_ids: Sequence[int], 
         raise ValueError(f"{len(image_ids)} ids but {len(vectors)} vectors")
     if not len(image_ids):
         return 0
-    from pgvector.psycopg import register_vector
-
-    raw = session.connection().connection.driver_connection
-    register_vector(raw)
+    raw = raw_connection(session)
     with raw.cursor() as cur:
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS embeddings_in "
@@ -158,8 +155,7 @@ class StoreImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         image_id, sha = self.items[i]
         try:
-            decoded = decode(self.store.read(sha), max_pixels=2**62)
-            return image_id, self.preprocess(decoded.image), None
+            return image_id, self.preprocess(self.store.read_image(sha)), None
         except (ImageRejected, UnknownImage, OSError) as exc:
             return image_id, None, str(exc)
 

@@ -9,7 +9,6 @@ embedded twice.
 from __future__ import annotations
 
 import uuid
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from plankton_db.errors import InvalidArgument
+from plankton_db.pg import raw_connection
 
 CHANNEL = "plankton_embedding_jobs"
 DEFAULT_MAX_ATTEMPTS = 3
@@ -26,8 +26,6 @@ DEFAULT_LEASE_SECONDS = 600.0
 RATE_WINDOW_SECONDS = 300
 # Models with this params key set receive jobs for every newly ingested image.
 ENQUEUE_ON_INGEST = "enqueue_on_ingest"
-
-_registered: weakref.WeakSet = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -235,12 +233,7 @@ def renew(session: Session, claim: Claim, lease_seconds: float = DEFAULT_LEASE_S
 
 def _copy_results(session: Session, image_ids: Sequence[int], vectors: np.ndarray) -> None:
     """Binary COPY the vectors into a per-session staging table, emptied at commit."""
-    from pgvector.psycopg import register_vector
-
-    raw = session.connection().connection.driver_connection
-    if raw not in _registered:  # registering looks the type up on the server, so once per connection
-        register_vector(raw)
-        _registered.add(raw)
+    raw = raw_connection(session)
     with raw.cursor() as cur:
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS job_results (image_id bigint PRIMARY KEY, embedding vector) "

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from plankton_db.browse import Item
 from plankton_db.errors import InvalidArgument
+from plankton_db.pg import raw_connection
 
 GRAPH_K = 30
 GRAPH_CHUNK = 256
@@ -33,10 +34,7 @@ class RefreshSummary:
 
 def _load_vectors(session: Session, model_id: int) -> tuple[np.ndarray, np.ndarray]:
     """All of a model's (image ids, unit-length vectors), read in binary through pgvector's psycopg adapter."""
-    from pgvector.psycopg import register_vector
-
-    raw = session.connection().connection.driver_connection
-    register_vector(raw)
+    raw = raw_connection(session)
     with raw.cursor() as cur:
         cur.execute("SELECT image_id, embedding FROM embeddings WHERE model_id = %s ORDER BY image_id", (model_id,))
         rows = cur.fetchall()
