@@ -119,12 +119,18 @@ def _filter_sql(filters: Filters, params: dict, col: str = "e.image_id") -> str:
 
 
 _OUTER = """
-    SELECT r.image_id, r.distance, l.taxon, l.status, i.original_path
-      FROM ({inner}) r
+    SELECT r.image_id, r.distance, t.name, l.status, i.original_path
+      FROM {settings}({inner}) r
       JOIN images i ON i.id = r.image_id
-      LEFT JOIN current_labels l ON l.image_id = r.image_id
+      LEFT JOIN image_labels l ON l.image_id = r.image_id
+      LEFT JOIN taxa t ON t.id = l.taxon_id
      ORDER BY r.distance, r.image_id
 """
+# Search-time knobs travel inside the statement: `cfg` calls set_config(name, value, true) -- SET LOCAL --
+# and the index scan below it is gated on cfg.ok, so the executor runs set_config before pgvector reads
+# hnsw.ef_search / ivfflat.probes at its first tuple. One prepared statement, one round trip, nothing to
+# undo afterwards.
+_GATE = " AND cfg.ok IS NOT NULL"
 
 
 @dataclass
@@ -171,7 +177,7 @@ class Searcher:
 
     # ----------------------------------------------------------------------------- SQL
 
-    def _inner(self, k: int, filters: Filters, params: dict, exclude: bool) -> str:
+    def _inner(self, k: int, filters: Filters, params: dict, exclude: bool, gate: str) -> str:
         o, m = self.options, self.model_id
         op = OPERATORS[self.metric]
         if self.metric == "hamming":
@@ -185,7 +191,7 @@ class Searcher:
                         f"ORDER BY c.code <~> %(code)s::bit({p.bits}), c.image_id LIMIT {k}")
             expr = f"c.code::bit({p.bits}) <~> %(code)s::bit({p.bits})"
             return (f"SELECT c.image_id, ({expr})::float8 AS distance FROM hash_codes c "
-                    f"WHERE c.projection_id = {p.id}{where} ORDER BY {expr} LIMIT {k}")
+                    f"WHERE c.projection_id = {p.id}{gate}{where} ORDER BY {expr} LIMIT {k}")
         where = _filter_sql(filters, params) + (" AND e.image_id <> %(exclude)s" if exclude else "")
         full = f"e.embedding {op} %(vec)b"
         if o.method == "exact":
@@ -196,7 +202,7 @@ class Searcher:
             expr = f"e.embedding::{cast} {op} %(vec)b::{cast}"
             # The index orders by the (possibly half-precision) cast; the reported distance is the full one.
             return (f"SELECT e.image_id, {full} AS distance FROM embeddings e "
-                    f"WHERE e.model_id = {m}{where} ORDER BY {expr} LIMIT {k}")
+                    f"WHERE e.model_id = {m}{gate}{where} ORDER BY {expr} LIMIT {k}")
         p = self.projection
         cwhere = _filter_sql(filters, params, "c.image_id") + (" AND c.image_id <> %(exclude)s" if exclude else "")
         if o.method == "lsh":
@@ -207,12 +213,12 @@ class Searcher:
         c = max(k, o.candidates or DEFAULT_CANDIDATES)
         ham = f"c.code::bit({p.bits}) <~> %(code)s::bit({p.bits})"
         return (f"SELECT e.image_id, {full} AS distance FROM ("
-                f"SELECT c.image_id FROM hash_codes c WHERE c.projection_id = {p.id}{cwhere} "
+                f"SELECT c.image_id FROM hash_codes c WHERE c.projection_id = {p.id}{gate}{cwhere} "
                 f"ORDER BY {ham} LIMIT {c}) s "
                 f"JOIN embeddings e ON e.model_id = {m} AND e.image_id = s.image_id ORDER BY {full} LIMIT {k}")
 
     def _settings(self, k: int, filters: Filters) -> tuple[str, ...]:
-        # Applied with set_config(..., true), i.e. SET LOCAL: they end with the transaction.
+        # Applied with set_config(..., true), i.e. SET LOCAL, inside the statement itself (see _GATE).
         o = self.options
         iterative = "relaxed_order" if (o.iterative and filters.active) else "off"
         if o.method == "ivfflat":
@@ -239,7 +245,13 @@ class Searcher:
             if len(self._sql) > 64:  # many distinct filters: keep the cache small
                 self._sql.clear()
             params: dict = {}
-            self._sql[key] = (_OUTER.format(inner=self._inner(k, filters, params, exclude)), params)
+            settings = self._settings(k, filters)
+            # Names and values are fixed strings and validated integers, so they are written in.
+            calls = " || ".join(f"set_config('{n}', '{v}', true)" for n, v in zip(settings[::2], settings[1::2],
+                                                                                 strict=True))
+            cfg = f"(SELECT {calls} AS ok) cfg CROSS JOIN LATERAL " if settings else ""
+            inner = self._inner(k, filters, params, exclude, _GATE if settings else "")
+            self._sql[key] = (_OUTER.format(settings=cfg, inner=inner), params)
         return self._sql[key]
 
     # ----------------------------------------------------------------------------- queries
@@ -271,16 +283,7 @@ class Searcher:
                 params["code"] = "".join("1" if x else "0" for x in bits)
         sql, fparams = self._sql_for(k, filters, exclude is not None)
         params.update(fparams)
-        conn = raw_connection(session)
-        settings = self._settings(k, filters)
-        if settings:
-            # SET LOCAL and the query go out together in one pipeline: one round trip, both prepared.
-            pairs = ", ".join(["set_config(%s, %s, true)"] * (len(settings) // 2))
-            with conn.pipeline():
-                conn.execute(f"SELECT {pairs}", settings, prepare=True)
-                rows = conn.execute(sql, params, prepare=True).fetchall()
-        else:
-            rows = conn.execute(sql, params, prepare=True).fetchall()
+        rows = raw_connection(session).execute(sql, params, prepare=True, binary=True).fetchall()
         hits = [Hit(int(r[0]), float(r[1]), r[2], r[3], r[4]) for r in rows]
         if len(hits) < k and filters.active and self.options.method in ("hnsw", "ivfflat"):
             self.fallbacks += 1

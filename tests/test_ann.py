@@ -152,6 +152,18 @@ def test_filtered_hnsw_search_keeping_one_percent_returns_k_without_fallback(ann
         assert plain.fallbacks == 1
 
 
+def test_search_time_settings_are_set_local_by_the_statement_itself(ann) -> None:
+    db, model_id, _, vectors = ann
+    with db.Session() as s:
+        default = s.execute(sa.text("SHOW hnsw.ef_search")).scalar_one()
+        searcher = Searcher.prepare(s, model_id, method="hnsw", options=SearchOptions(ef_search=77))
+        assert len(searcher.search(s, vectors[0], k=K)) == K
+        # The statement called set_config(..., true): the value holds for this transaction only.
+        assert s.execute(sa.text("SHOW hnsw.ef_search")).scalar_one() == "77"
+        s.rollback()
+        assert s.execute(sa.text("SHOW hnsw.ef_search")).scalar_one() == default
+
+
 def test_codes_are_the_same_in_numpy_sql_and_the_trigger(ann) -> None:
     db, model_id, ids, vectors = ann
     with db.Session.begin() as s:
