@@ -140,12 +140,16 @@ def write_report() -> None:
         "way and are not in the collection. Recall@10 is against exact cosine top-10 in numpy. Latency: one query at "
         "a time through `Searcher.search` (what `plankton search` and the web use), including the joins for labels "
         "and paths; QPS: 2 client threads. FAISS runs in the same process and run, on one thread (its QPS row is a "
-        "batched search over 2 threads). The machine was shared with other jobs (load average often above 8 on 2 "
-        "cores), so absolute times are noisy; compare rows within one run.",
+        "batched search over 2 threads). The embedded server runs with shared_buffers at a quarter of the RAM "
+        "(set on first start), so the indexes are read from PostgreSQL's own cache; each method gets one untimed "
+        "pass over the queries first. Shared machines are noisy: each run below gives its 1-minute load average "
+        "at the start and the end; compare rows within one run.",
         f"![recall vs latency]({PLOT.name})",
     ]
     for n, run in sorted(runs.items()):
+        load = run.get("load_average")
         parts.append(f"### {n:,} vectors of {run['dim']} dimensions, {run['queries']} queries\n\n"
+                     + (f"Load average {load[0]} at the start, {load[1]} at the end.\n\n" if load else "")
                      + _goals(run) + "\n\n" + _table(run["rows"], n))
     parts.append("### 1M images\n\n" + _extrapolation(runs))
     parts.append(_evals())

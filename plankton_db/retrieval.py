@@ -230,7 +230,7 @@ class Searcher:
             # An HNSW scan yields at most ef_search rows, so the shortlist needs ef_search >= c; past
             # pgvector's limit of 1000 the scan keeps going iteratively (the order is re-ranked anyway).
             c = max(k, o.candidates or DEFAULT_CANDIDATES)
-            ef = max(o.ef_search or 40, min(c, MAX_EF_SEARCH))
+            ef = max(o.ef_search or 1, min(c, MAX_EF_SEARCH))  # a wider graph search than c only costs time
             # The shortlist may run on an ivfflat Hamming index instead; probes and iterative scans then
             # decide how many of the c candidates it can find.
             return ("hnsw.ef_search", str(ef), "hnsw.iterative_scan",

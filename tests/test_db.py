@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 import sqlalchemy as sa
 
 from plankton_db.admin import database_status
 from plankton_db.config import Settings
-from plankton_db.db import connect, display_url, sqlalchemy_url, stop_embedded
+from plankton_db.db import connect, display_url, embedded_memory_settings, sqlalchemy_url, stop_embedded
 from plankton_db.errors import DatabaseUnavailable
 
 
@@ -28,9 +29,27 @@ def test_embedded_server_persists_across_restart(tmp_path: Path) -> None:
         db = connect(settings)
         with db.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT name FROM taxa")).scalar_one() == "Oithona"
+            # The first start sized shared_buffers for the machine (initdb's 128 MB is too small for HNSW).
+            want = embedded_memory_settings(psutil.virtual_memory().total)["shared_buffers"]
+            assert conn.execute(sa.text("SHOW shared_buffers")).scalar_one() == want
+        # An administrator's own value survives restarts.
+        with db.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(sa.text("ALTER SYSTEM SET shared_buffers = '160MB'"))
+        db.dispose()
+        stop_embedded(settings)
+        db = connect(settings)
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW shared_buffers")).scalar_one() == "160MB"
     finally:
         db.dispose()
         stop_embedded(settings)
+
+
+def test_embedded_memory_settings_follow_the_machine() -> None:
+    gib = 2**30
+    assert embedded_memory_settings(24 * gib) == {"shared_buffers": "6144MB", "effective_cache_size": "12288MB"}
+    assert embedded_memory_settings(256 * gib)["shared_buffers"] == "8192MB"  # capped
+    assert embedded_memory_settings(256 * 2**20)["shared_buffers"] == "128MB"  # never below initdb's default
 
 
 def test_settings_from_env_defaults_and_overrides(tmp_path: Path) -> None:
