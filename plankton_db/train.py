@@ -21,7 +21,7 @@ from plankton_db.models import Embedding, EmbeddingModel, TrainingImage
 from plankton_db.store import ContentStore
 from plankton_db.tuned import Head, Tuned, signed_sqrt, tuned_checkpoint
 
-MODES = ("head", "full")
+MODES = ("head", "last", "full")
 
 
 @dataclass(frozen=True)
@@ -279,6 +279,11 @@ def train(Session: sessionmaker[Session], store: ContentStore, cfg: TrainConfig,
             say(f"augmentation {','.join(names)}: {views.shape[1]} extra views per training image")
         head, done, interrupted, loss = fit_head(xtr, ytr, cfg, len(data.classes), on_epoch)
         tuned = Tuned(encoder.model.float(), head, tta=cfg.tta)
+    elif cfg.mode == "last":
+        from plankton_db.finetune import fit_last
+
+        tuned, done, interrupted, loss = fit_last(encoder, store, [data.shas[i] for i in tr], data.y[tr], x[tr], cfg,
+                                                  len(data.classes), on_epoch, on_progress)
     else:
         from plankton_db.finetune import fit_full
 

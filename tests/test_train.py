@@ -111,7 +111,7 @@ def test_bad_base_no_labels_and_bad_options_are_clear_errors(cli_env: dict[str, 
     r = runner.invoke(app, ["train"], env=cli_env)
     assert r.exit_code == 1 and "no images with validated labels to train on" in r.output
     r = runner.invoke(app, ["train", "--mode", "both"], env=cli_env)
-    assert r.exit_code == 1 and "mode must be one of head, full" in r.output
+    assert r.exit_code == 1 and "mode must be one of head, last, full" in r.output
     r = runner.invoke(app, ["train", "--augment", "spin"], env=cli_env)
     assert r.exit_code == 1 and "unknown augmentation 'spin'" in r.output
 
@@ -132,6 +132,38 @@ def test_full_mode_fine_tunes_the_backbone_on_a_small_subset(db: Database, image
     # The shared encoder fixture itself is untouched (training works on a copy).
     assert all(torch.equal(v, before[k]) for k, v in encoder.model.state_dict().items())
     assert row.params["mode"] == "full"
+
+
+def test_last_mode_trains_only_the_last_stage_on_cached_trunk_outputs(db: Database, image_folder: Path,
+                                                                     encoder) -> None:
+    ingest_and_embed(db, image_folder, encoder)
+    store = ContentStore(db.settings.store)
+    before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
+    views: list[int] = []
+    result = train(db.Session, store, TrainConfig(mode="last", epochs=1, batch_size=8, dim=8, augment=("dihedral",),
+                                                  device="cpu"),
+                   cache_dir=db.settings.home / "cache", on_progress=lambda done, _total: views.append(done))
+    assert result.n_train == 25 and result.epochs_done == 1 and views[-1] == 25
+    with db.Session.begin() as s:
+        tuned, row = load_encoder(s, result.model.name, device="cpu")
+    state = tuned.model.backbone.state_dict()
+    changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks.") else "")
+               for k, v in state.items() if v.dtype.is_floating_point and not torch.equal(v, before[k])}
+    # Only the last block and the head convolution (with its BatchNorm) learn; the trunk is the pretrained one.
+    assert changed and changed <= {f"blocks.{len(encoder.model.blocks) - 1}", "conv_head", "bn2"}, changed
+    assert all(torch.equal(v, before[k]) for k, v in encoder.model.state_dict().items())
+    assert row.params["mode"] == "last" and row.params["hyper"]["augment"] == ["dihedral"]
+    # The registered checkpoint embeds like any model: unit vectors of the head's size.
+    out = tuned.encode_tensors(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 8) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+
+
+def test_last_mode_names_the_families_it_supports() -> None:
+    from plankton_db.errors import InvalidArgument
+    from plankton_db.finetune import split_backbone
+
+    with pytest.raises(InvalidArgument, match="^--mode last supports timm EfficientNet and ResNet models, not Linear;"):
+        split_backbone(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("holdout", ["--holdout"])

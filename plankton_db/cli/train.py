@@ -15,11 +15,11 @@ from plankton_db.cli.common import Device, app, err, handles_errors, open_db, ou
 def train(
     base: Annotated[str | None, typer.Option("--base", help="model whose features to start from (default: default)")] = None,
     name: Annotated[str | None, typer.Option("--name", help="name of the new model (default: BASE-MODE-N)")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="head (on cached features, minutes on a CPU) or full")] = "head",
+    mode: Annotated[str, typer.Option("--mode", help="head (a projection on cached features, seconds), last (the backbone's last stage on cached trunk outputs, minutes on a CPU) or full (every layer; meant for a GPU)")] = "head",
     epochs: Annotated[int, typer.Option("--epochs", min=1, max=10000)] = 30,
     augment: Annotated[str, typer.Option("--augment", help="none, dihedral, or a list of rotate,flip,blur,color,scale")]
     = "none",
-    copies: Annotated[int, typer.Option("--copies", min=1, max=64, help="random augmented copies per image (head)")] = 4,
+    copies: Annotated[int, typer.Option("--copies", min=1, max=64, help="random augmented copies per image (head, last)")] = 4,
     holdout: Annotated[float, typer.Option("--holdout", min=0.0, max=0.95, help="fraction never trained on")] = 0.2,
     loss: Annotated[str, typer.Option("--loss", help="normface, arcface or supcon")] = "normface",
     dim: Annotated[int, typer.Option("--dim", min=2, max=4096, help="embedding dimensions")] = 256,
