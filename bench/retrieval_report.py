@@ -56,6 +56,20 @@ def _goals(run: dict) -> str:
     return "\n".join(out)
 
 
+def _query_path(n: int) -> str:
+    path = OUT / f"query_path_{n}.json"
+    if not path.exists():
+        return ""
+    q = json.loads(path.read_text())
+    parts = [("server-side index scan (EXPLAIN ANALYZE, timing off)", "server_index_scan"),
+             ("one round trip (`SELECT 1`, prepared)", "round_trip_select_1"),
+             ("bare index query from psycopg (binary, prepared)", "bare_index_query"),
+             ("`Searcher.search` (knobs, labels, paths, Hit rows)", "searcher_search")]
+    rows = "\n".join(f"| {label} | {q[key]['p50_ms']:.3f} | {q[key]['p95_ms']:.3f} |" for label, key in parts)
+    return (f"Where an HNSW query's time goes (ef_search {q['ef_search']}, `python bench/query_path.py --n {n}`, "
+            f"run after the benchmark on its database):\n\n| part | p50 ms | p95 ms |\n|---|---|---|\n{rows}")
+
+
 def _extrapolation(runs: dict[int, dict]) -> str:
     if 100_000 not in runs:
         return ("Not extrapolated: this needs a 100k run (`plankton bench --n 100000`), which has not completed on "
@@ -101,7 +115,7 @@ def _evals() -> str:
         best = max(long, key=lambda r: r["result"]["top1"])
         gap = (cos - best["result"]["top1"]) * 100
         goal.append(f"- {ds}: cosine top1 {cos:.3f}; best Hamming with >= 256 bits {best['result']['top1']:.3f} "
-                    f"({best['run'].split('-', 1)[1]}), {gap:+.1f} points below cosine: "
+                    f"({best['run'].split('-', 1)[1]}); cosine minus Hamming = {gap:+.1f} points: "
                     f"{'within' if gap <= 3 else 'not within'} the 3-point goal.")
     lines = goal + [""] + lines if goal else lines
     return ("### Retrieval quality: cosine, L2 and Hamming (`plankton eval`)\n\nLeave-one-out over every labelled "
@@ -163,7 +177,8 @@ def write_report() -> None:
         load = run.get("load_average")
         parts.append(f"### {n:,} vectors of {run['dim']} dimensions, {run['queries']} queries\n\n"
                      + (f"Load average {load[0]} at the start, {load[1]} at the end.\n\n" if load else "")
-                     + _goals(run) + "\n\n" + _table(run["rows"], n))
+                     + _goals(run) + "\n\n" + _table(run["rows"], n)
+                     + (f"\n\n{_query_path(n)}" if _query_path(n) else ""))
     parts.append("### 1M images\n\n" + _extrapolation(runs))
     parts.append(_evals())
     ns = " and ".join(f"--n {n}" for n in sorted(runs))

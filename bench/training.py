@@ -138,7 +138,16 @@ def write(datasets: list[str], command: str) -> None:
                   f"{_pct(sp['precision_at_10'])} | {_pct(sp['map_at_10'])} | {r['train_plain_seconds']:.0f} s |",
                   f"| head, augmentation `{r.get('augment', '')}` | {_pct(sa_['top1'])} | "
                   f"{_pct(sa_['precision_at_5'])} | {_pct(sa_['precision_at_10'])} | {_pct(sa_['map_at_10'])} | "
-                  f"{r['train_augmented_seconds']:.0f} s (views from the cache) |", "",
+                  f"{r['train_augmented_seconds']:.0f} s (views from the cache) |"]
+        last = OUT / f"last_{ds}.json"
+        if last.is_file():  # bench/last_stage.py: the backbone's last stage too, same split
+            q = json.loads(last.read_text())
+            sl = q["sql_last"]
+            lines.append(f"| last stage + head (`--mode last`), augmentation `{q['augment']}`, {q['epochs']} epochs | "
+                         f"{_pct(sl['top1'])} | {_pct(sl['precision_at_5'])} | {_pct(sl['precision_at_10'])} | "
+                         f"{_pct(sl['map_at_10'])} | {q['train_seconds']:.0f} s, then {q['embed_seconds']:.0f} s to "
+                         f"re-embed {q['embedded']} images |")
+        lines += ["",
                   "Loss and head choice (same split, 30 epochs, holdout top1, training time on a busy CPU):", "",
                   "| variant | holdout top1 | seconds |", "|---|---|---|"]
         lines += [f"| {k} | {_pct(v[0])} | {v[1]:.0f} |" for k, v in r["losses"].items()]
