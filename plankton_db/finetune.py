@@ -16,7 +16,7 @@ from plankton_db.store import ContentStore
 from plankton_db.tuned import Head, Tuned
 
 # The last stage is pretrained, the head is new: the stage learns at this fraction of the head's rate.
-LAST_STAGE_LR = 0.1
+LAST_STAGE_LR = 0.3
 
 
 class _Images(torch.utils.data.Dataset):
@@ -76,7 +76,7 @@ def fit_full(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
             total, count = total + loss.item() * len(yb), count + len(yb)
         return total / max(count, 1)
 
-    best, done, interrupted, loss_value = run_epochs(cfg.epochs, one_epoch,
+    best, done, interrupted, loss_value = run_epochs(cfg.n_epochs, one_epoch,
                                                      lambda: copy.deepcopy(model.state_dict()), on_epoch)
     model.load_state_dict(best)
     return model.cpu().eval(), done, interrupted, loss_value
@@ -172,6 +172,11 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
                              {"params": list(head.parameters()) + list(criterion.parameters()), "lr": cfg.lr}],
                             weight_decay=1e-4)
     batch = min(cfg.batch_size, 64)
+    # One cycle (warm-up, then cosine decay) for both groups: without it the stage drifted and holdout top1 fell
+    # (docs/TRAINING.md, "last stage").
+    steps = cfg.n_epochs * -(-len(owner) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr * LAST_STAGE_LR, cfg.lr], total_steps=steps,
+                                                pct_start=0.1)
     weights = torch.as_tensor(1.0 / np.bincount(y)[y[owner]] if cfg.balance else np.ones(len(owner)))
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -190,11 +195,13 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched.last_epoch + 1 < steps:
+                sched.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         return total / max(count, 1)
 
     best, done, interrupted, loss_value = run_epochs(
-        cfg.epochs, one_epoch,
+        cfg.n_epochs, one_epoch,
         lambda: copy.deepcopy({"stage": stage.state_dict(), "head": head.state_dict()}), on_epoch)
     stage.load_state_dict(best["stage"])
     head.load_state_dict(best["head"])

@@ -22,6 +22,9 @@ from plankton_db.store import ContentStore
 from plankton_db.tuned import Head, Tuned, signed_sqrt, tuned_checkpoint
 
 MODES = ("head", "last", "full")
+# Epochs when --epochs is not given: the last stage over cached maps converges (and then overfits) far sooner than
+# a head on 1280-d vectors (docs/TRAINING.md).
+DEFAULT_EPOCHS = {"head": 30, "last": 8, "full": 30}
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class TrainConfig:
     base: str | None = None
     name: str | None = None
     mode: str = "head"
-    epochs: int = 30
+    epochs: int | None = None  # None: DEFAULT_EPOCHS[mode]
     augment: tuple[str, ...] = ()
     copies: int = 4
     holdout: float = 0.2
@@ -48,13 +51,18 @@ class TrainConfig:
     # full mode on a CPU: at most this many training images per class (0: all).
     limit_per_class: int = 0
 
+    @property
+    def n_epochs(self) -> int:
+        """The epochs this run trains for."""
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.mode]
+
     def check(self) -> None:
         """InvalidArgument for values no run can use."""
         if self.mode not in MODES:
             raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0.0 <= self.holdout < 1.0:
             raise InvalidArgument(f"holdout must be from 0 to below 1, got {self.holdout}")
-        if self.epochs < 1 or self.copies < 1 or self.dim < 2 or self.batch_size < 2:
+        if (self.epochs is not None and self.epochs < 1) or self.copies < 1 or self.dim < 2 or self.batch_size < 2:
             raise InvalidArgument("epochs and copies must be at least 1, dim and batch size at least 2")
         if self.loss not in losses.LOSSES:
             raise InvalidArgument(f"loss must be one of {', '.join(losses.LOSSES)}, got {self.loss!r}")
@@ -152,7 +160,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, n_classes: int,
     criterion = losses.make(cfg.loss, cfg.dim, n_classes)
     params = list(head.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.epochs * -(-len(y) // cfg.batch_size)
+    steps = cfg.n_epochs * -(-len(y) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     yt = torch.as_tensor(y)
     # The standardised features are computed once: only the projection is trained, so each step is one matmul.
@@ -183,7 +191,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, n_classes: int,
     torch.set_num_threads(1)
     try:
         best, done, interrupted, loss_value = run_epochs(
-            cfg.epochs, one_epoch, lambda: {k: v.clone() for k, v in head.state_dict().items()}, on_epoch)
+            cfg.n_epochs, one_epoch, lambda: {k: v.clone() for k, v in head.state_dict().items()}, on_epoch)
     finally:
         torch.set_num_threads(threads)
     head.load_state_dict(best)
@@ -299,7 +307,8 @@ def train(Session: sessionmaker[Session], store: ContentStore, cfg: TrainConfig,
             new_all = tuned.head(torch.as_tensor(x)).numpy()
         metrics["holdout_top1"] = round(knn_top1(new_all, data.y, ho), 4)
         metrics["base_holdout_top1"] = round(knn_top1(x, data.y, ho), 4)
-    params = {"mode": cfg.mode, "base": base.name, "hyper": {**asdict(cfg), "augment": list(names)},
+    params = {"mode": cfg.mode, "base": base.name,
+              "hyper": {**asdict(cfg), "epochs": cfg.n_epochs, "augment": list(names)},
               "classes": data.classes, "n_train": len(tr), "n_holdout": len(ho),
               "interrupted": interrupted, "metrics": metrics}
     embedded = 0

@@ -16,7 +16,8 @@ def train(
     base: Annotated[str | None, typer.Option("--base", help="model whose features to start from (default: default)")] = None,
     name: Annotated[str | None, typer.Option("--name", help="name of the new model (default: BASE-MODE-N)")] = None,
     mode: Annotated[str, typer.Option("--mode", help="head (a projection on cached features, seconds), last (the backbone's last stage on cached trunk outputs, minutes on a CPU) or full (every layer; meant for a GPU)")] = "head",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, max=10000)] = 30,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=10000,
+                                               help="default: 30 (head, full), 8 (last)")] = None,
     augment: Annotated[str, typer.Option("--augment", help="none, dihedral, or a list of rotate,flip,blur,color,scale")]
     = "none",
     copies: Annotated[int, typer.Option("--copies", min=1, max=64, help="random augmented copies per image (head, last)")] = 4,
@@ -43,7 +44,7 @@ def train(
     result = run_training(
         db.Session, ContentStore(db.settings.store), cfg, cache_dir=db.settings.home / "cache",
         on_message=lambda m: err.print(m, highlight=False, markup=False),
-        on_epoch=lambda e, loss_, sec: err.print(f"epoch {e}/{epochs}  loss {loss_:.4f}  ({sec:.1f} s)",
+        on_epoch=lambda e, loss_, sec: err.print(f"epoch {e}/{cfg.n_epochs}  loss {loss_:.4f}  ({sec:.1f} s)",
                                                 highlight=False),
         on_progress=lambda done, total: err.print(f"augmented views: {done}/{total} images", highlight=False)
         if done == total or done % 320 == 0 else None,
