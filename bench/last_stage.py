@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, required=True)
     ap.add_argument("--augment", default="dihedral")
     ap.add_argument("--copies", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the mode's own (16)")
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -60,7 +60,7 @@ def main() -> None:
     embed_s = time.perf_counter() - t
     with db.Session.begin() as s:
         base = require_model(s, None)
-        res = {"dataset": a.dataset, "augment": a.augment, "copies": a.copies, "epochs": a.epochs, "lr": a.lr,
+        res = {"dataset": a.dataset, "augment": a.augment, "copies": a.copies, "epochs": result.epochs_done, "lr": a.lr,
                "n_train": result.n_train, "n_holdout": result.n_holdout, "train_seconds": round(train_s, 1),
                "embed_seconds": round(embed_s, 1), "embedded": embedded, "epoch_log": epochs,
                "sql_last": evaluate(s, row.id, name, holdout_of=row.id).to_json(),

@@ -143,7 +143,7 @@ def write(datasets: list[str], command: str) -> None:
         if last.is_file():  # bench/last_stage.py: the backbone's last stage too, same split
             q = json.loads(last.read_text())
             sl = q["sql_last"]
-            lines.append(f"| last stage + head (`--mode last`), augmentation `{q['augment']}`, {q['epochs']} epochs | "
+            lines.append(f"| last stage + head (`--mode last`), augmentation `{q['augment']}`, {len(q['epoch_log'])} epochs | "
                          f"{_pct(sl['top1'])} | {_pct(sl['precision_at_5'])} | {_pct(sl['precision_at_10'])} | "
                          f"{_pct(sl['map_at_10'])} | {q['train_seconds']:.0f} s, then {q['embed_seconds']:.0f} s to "
                          f"re-embed {q['embedded']} images |")
@@ -179,7 +179,8 @@ def main() -> None:
     if a.write:
         write(a.write, "PLANKTON_HOME=/tmp/train-uvp6_uvpec PYTHONPATH=.:bench .venv/bin/python bench/training.py "
               "--dataset uvp6_uvpec --home /tmp/train-uvp6_uvpec --augment dihedral --tta; same for pwssc_spc with "
-              "--augment rotate,flip --copies 1; then --write uvp6_uvpec pwssc_spc")
+              "--augment rotate,flip --copies 1; bench/last_stage.py for the --mode last rows (see the notes below); "
+              "then --write uvp6_uvpec pwssc_spc")
         return
     torch.set_num_threads(2)
     run(a.dataset, a.home, a.augment, a.copies, a.tta)

@@ -24,7 +24,7 @@ from plankton_db.tuned import Head, Tuned, signed_sqrt, tuned_checkpoint
 MODES = ("head", "last", "full")
 # Epochs when --epochs is not given: the last stage over cached maps converges (and then overfits) far sooner than
 # a head on 1280-d vectors (docs/TRAINING.md).
-DEFAULT_EPOCHS = {"head": 30, "last": 8, "full": 30}
+DEFAULT_EPOCHS = {"head": 30, "last": 16, "full": 30}
 
 
 @dataclass(frozen=True)

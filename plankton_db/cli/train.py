@@ -17,7 +17,7 @@ def train(
     name: Annotated[str | None, typer.Option("--name", help="name of the new model (default: BASE-MODE-N)")] = None,
     mode: Annotated[str, typer.Option("--mode", help="head (a projection on cached features, seconds), last (the backbone's last stage on cached trunk outputs, minutes on a CPU) or full (every layer; meant for a GPU)")] = "head",
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, max=10000,
-                                               help="default: 30 (head, full), 8 (last)")] = None,
+                                               help="default: 30 (head, full), 16 (last)")] = None,
     augment: Annotated[str, typer.Option("--augment", help="none, dihedral, or a list of rotate,flip,blur,color,scale")]
     = "none",
     copies: Annotated[int, typer.Option("--copies", min=1, max=64, help="random augmented copies per image (head, last)")] = 4,
