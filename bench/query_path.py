@@ -18,13 +18,13 @@ import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from retrieval import BENCH_HOME, DEFAULT_SOURCES, OUT, extend, real_embeddings  # noqa: E402
+from retrieval import BENCH_HOME, DEFAULT_SOURCES, OUT, extend, real_embeddings
 
-from plankton_db.config import Settings  # noqa: E402
-from plankton_db.db import connect, start_embedded  # noqa: E402
-from plankton_db.indexes import build_index, list_indexes  # noqa: E402
-from plankton_db.pg import raw_connection  # noqa: E402
-from plankton_db.retrieval import Searcher, SearchOptions  # noqa: E402
+from plankton_db.config import Settings
+from plankton_db.db import connect, start_embedded
+from plankton_db.indexes import build_index, list_indexes
+from plankton_db.pg import raw_connection
+from plankton_db.retrieval import Searcher, SearchOptions
 
 
 def _percentiles(values: list[float]) -> dict:
