@@ -4,7 +4,10 @@ stage on cached trunk outputs (`--mode last`, minutes on a CPU)."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import pickle
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -127,32 +130,54 @@ def merge_stage(model: torch.nn.Module, stage: torch.nn.Sequential) -> torch.nn.
 
 
 def trunk_maps(encoder: Encoder, trunk: torch.nn.Module, store: ContentStore, shas: Sequence[str],
-               names: Sequence[str], copies: int, seed: int,
+               names: Sequence[str], copies: int, seed: int, *, cache_dir: Path | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Trunk outputs (float16) of each image and its augmented views, with the position of the image per row."""
+    """Trunk outputs (float16) of each image and its augmented views, with the position of the image per row.
+
+    With cache_dir, the maps are kept per image sha256 in one file per base weights, preprocessing, split and
+    augmentation recipe, so a second run (other epochs, another name) skips the trunk pass.
+    """
     from plankton_db.featcache import BATCH, _views
 
-    maps, owner = [], []
-    for start in range(0, len(shas), BATCH):
-        batch, rows = [], []
-        for i in range(start, min(start + BATCH, len(shas))):
-            img = store.read_image(shas[i])
-            rng = np.random.default_rng([seed, int(shas[i][:8], 16)])
+    recipe = (f"trunk|{type(encoder.model).__name__}|{encoder.spec.weights_sha256}|{encoder.spec.preprocess.to_dict()}|"
+              f"{','.join(names)}|{copies}|{seed}")
+    path = Path(cache_dir) / f"trunk-{hashlib.sha256(recipe.encode()).hexdigest()[:20]}.pt" if cache_dir else None
+    cached: dict[str, torch.Tensor] = {}
+    if path is not None and path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            cached = {}  # a truncated or foreign file: recompute and overwrite it
+    todo = list(dict.fromkeys(s for s in shas if s not in cached))
+    for start in range(0, len(todo), BATCH):
+        chunk = todo[start : start + BATCH]
+        batch, counts = [], []
+        for sha in chunk:
+            img = store.read_image(sha)
+            rng = np.random.default_rng([seed, int(sha[:8], 16)])
             views = [encoder.spec.preprocess(img)[None]] + (_views(encoder, img, names, copies, rng) if names else [])
             batch.extend(views)
-            rows.extend([i] * len(views))
+            counts.append(len(views))
         x = torch.cat(batch).to(encoder.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            maps.append(trunk(x).half().cpu())
-        owner.extend(rows)
+            out = trunk(x).half().cpu()
+        for sha, part in zip(chunk, out.split(counts), strict=True):
+            cached[sha] = part.clone()  # a view would keep (and save) the whole batch
         if on_progress:
-            on_progress(min(start + BATCH, len(shas)), len(shas))
-    return torch.cat(maps), np.array(owner, np.int64)
+            on_progress(min(start + BATCH, len(todo)), len(todo))
+    if path is not None and todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(cached, tmp)
+        tmp.replace(path)
+    parts = [cached[s] for s in shas]
+    return torch.cat(parts), np.repeat(np.arange(len(shas)), [len(p) for p in parts])
 
 
 def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.ndarray, base_x: np.ndarray, cfg,
              n_classes: int, on_epoch: Callable[[int, float, float], None] | None = None,
-             on_progress: Callable[[int, int], None] | None = None) -> tuple[Tuned, int, bool, float]:
+             on_progress: Callable[[int, int], None] | None = None,
+             cache_dir: Path | None = None) -> tuple[Tuned, int, bool, float]:
     """Train the backbone's last stage and a new head on cached trunk outputs; returns like fit_full."""
     from plankton_db.train import feature_stats, run_epochs
 
@@ -160,7 +185,7 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
     backbone = encoder.model.float()
     trunk, stage = split_backbone(backbone)
     maps, owner = trunk_maps(encoder, trunk, store, shas, augment.parse(cfg.augment), cfg.copies, cfg.seed,
-                             on_progress)
+                             cache_dir=cache_dir, on_progress=on_progress)
     labels = torch.as_tensor(y[owner])
     head = Head(base_x.shape[1], cfg.dim, cfg.hidden)
     mean, std = feature_stats(torch.as_tensor(base_x))

@@ -291,7 +291,7 @@ def train(Session: sessionmaker[Session], store: ContentStore, cfg: TrainConfig,
         from plankton_db.finetune import fit_last
 
         tuned, done, interrupted, loss = fit_last(encoder, store, [data.shas[i] for i in tr], data.y[tr], x[tr], cfg,
-                                                  len(data.classes), on_epoch, on_progress)
+                                                  len(data.classes), on_epoch, on_progress, cache_dir)
     else:
         from plankton_db.finetune import fit_full
 

@@ -17,6 +17,7 @@ from plankton_db.db import Database
 from plankton_db.embed import embed_missing, load_encoder, register_model
 from plankton_db.embedding import Encoder, Preprocess
 from plankton_db.evaluate import evaluate, neighbour_lists
+from plankton_db.finetune import split_backbone, trunk_maps
 from plankton_db.imageio import decode
 from plankton_db.ingest import ingest_paths
 from plankton_db.models import Embedding
@@ -156,6 +157,22 @@ def test_last_mode_trains_only_the_last_stage_on_cached_trunk_outputs(db: Databa
     # The registered checkpoint embeds like any model: unit vectors of the head's size.
     out = tuned.encode_tensors(torch.rand(2, 3, 64, 64))
     assert out.shape == (2, 8) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    # The trunk maps were cached: a second pass reads them and never runs the trunk.
+    (cache,) = (db.settings.home / "cache").glob("trunk-*.pt")
+    with db.Session() as s:
+        base, _ = load_encoder(s, None, device="cpu")
+    trunk, _ = split_backbone(base.model.float())
+    shas = list(torch.load(cache, weights_only=True))
+
+    def refuse(_x):
+        raise AssertionError("the trunk ran although its maps were cached")
+
+    maps, owner = trunk_maps(base, refuse, store, shas, ("dihedral",), 4, 0, cache_dir=cache.parent)
+    assert maps.shape[0] == 8 * len(shas) and owner.tolist() == np.repeat(np.arange(len(shas)), 8).tolist()
+    # A damaged cache file is recomputed, not trusted.
+    cache.write_bytes(b"not a torch file")
+    again, _ = trunk_maps(base, trunk, store, shas, ("dihedral",), 4, 0, cache_dir=cache.parent)
+    assert torch.equal(again, maps)
 
 
 def test_last_mode_names_the_families_it_supports() -> None:
