@@ -174,6 +174,25 @@ def trunk_maps(encoder: Encoder, trunk: torch.nn.Module, store: ContentStore, sh
     return torch.cat(parts), np.repeat(np.arange(len(shas)), [len(p) for p in parts])
 
 
+def available_memory() -> int:
+    """Bytes of RAM this process can still use without swapping."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _check_memory(encoder: Encoder, trunk: torch.nn.Module, views: int) -> None:
+    # Every view's trunk map stays in RAM while the stage trains (float16), plus a float32 batch at a time.
+    size = encoder.spec.preprocess.size
+    with torch.inference_mode():
+        per_view = trunk(torch.zeros(1, 3, size, size, device=encoder.device)).numel() * 2
+    need, have = views * per_view, available_memory()
+    if need > have // 2:
+        raise InvalidArgument(
+            f"--mode last would hold {need / 2**30:.1f} GiB of trunk maps in memory ({views} views) but only "
+            f"{have / 2**30:.1f} GiB is free; use --limit-per-class N, fewer --copies or no --augment, or --mode head")
+
+
 def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.ndarray, base_x: np.ndarray, cfg,
              n_classes: int, on_epoch: Callable[[int, float, float], None] | None = None,
              on_progress: Callable[[int, int], None] | None = None,
@@ -184,8 +203,10 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
     torch.manual_seed(cfg.seed)
     backbone = encoder.model.float()
     trunk, stage = split_backbone(backbone)
-    maps, owner = trunk_maps(encoder, trunk, store, shas, augment.parse(cfg.augment), cfg.copies, cfg.seed,
-                             cache_dir=cache_dir, on_progress=on_progress)
+    names = augment.parse(cfg.augment)
+    _check_memory(encoder, trunk, len(shas) * (1 + (7 if names == (augment.DIHEDRAL,) else cfg.copies if names else 0)))
+    maps, owner = trunk_maps(encoder, trunk, store, shas, names, cfg.copies, cfg.seed, cache_dir=cache_dir,
+                             on_progress=on_progress)
     labels = torch.as_tensor(y[owner])
     head = Head(base_x.shape[1], cfg.dim, cfg.hidden)
     mean, std = feature_stats(torch.as_tensor(base_x))

@@ -290,6 +290,7 @@ def train(Session: sessionmaker[Session], store: ContentStore, cfg: TrainConfig,
     elif cfg.mode == "last":
         from plankton_db.finetune import fit_last
 
+        tr = _limit(tr, data.y, cfg.limit_per_class, cfg.seed)
         tuned, done, interrupted, loss = fit_last(encoder, store, [data.shas[i] for i in tr], data.y[tr], x[tr], cfg,
                                                   len(data.classes), on_epoch, on_progress, cache_dir)
     else:

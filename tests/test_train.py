@@ -175,6 +175,26 @@ def test_last_mode_trains_only_the_last_stage_on_cached_trunk_outputs(db: Databa
     assert torch.equal(again, maps)
 
 
+def test_last_mode_refuses_to_hold_more_trunk_maps_than_memory_allows(db: Database, image_folder: Path, encoder,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from plankton_db import finetune
+    from plankton_db.errors import InvalidArgument
+
+    ingest_and_embed(db, image_folder, encoder)
+    store = ContentStore(db.settings.store)
+    # At 64 px a trunk map is 192 x 2 x 2 float16 = 1.5 KiB; 25 images x 8 views need 300 KiB.
+    monkeypatch.setattr(finetune, "available_memory", lambda: 400 * 1024)
+    cfg = TrainConfig(mode="last", epochs=1, dim=8, augment=("dihedral",), device="cpu")
+    with pytest.raises(InvalidArgument, match=r"^--mode last would hold 0\.0 GiB of trunk maps in memory \(200 views\)"):
+        train(db.Session, store, cfg, cache_dir=db.settings.home / "cache")
+    with db.Session() as s:  # nothing was registered
+        assert s.execute(sa.text("SELECT count(*) FROM embedding_models")).scalar_one() == 1
+    # --limit-per-class applies to last mode too, and brings the run under the limit.
+    result = train(db.Session, store, dataclasses.replace(cfg, limit_per_class=2),
+                   cache_dir=db.settings.home / "cache")
+    assert result.n_train == 10 and result.epochs_done == 1  # 2 from each of the 5 classes
+
+
 def test_last_mode_names_the_families_it_supports() -> None:
     from plankton_db.errors import InvalidArgument
     from plankton_db.finetune import split_backbone

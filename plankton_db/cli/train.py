@@ -27,7 +27,8 @@ def train(
     hidden: Annotated[int, typer.Option("--hidden", min=0, max=8192, help="head's hidden units (0: linear)")] = 512,
     tta: Annotated[bool, typer.Option("--tta", help="embed as the mean over the 8 flips/rotations (8x compute)")]
     = False,
-    limit_per_class: Annotated[int, typer.Option("--limit-per-class", min=0, help="full mode: images per class")] = 0,
+    limit_per_class: Annotated[int, typer.Option("--limit-per-class", min=0,
+                                                 help="full and last modes: training images per class")] = 0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Device = "auto",
 ) -> None:
