@@ -13,6 +13,7 @@ from plankton_db.cli import ecosystem as _ecosystem  # noqa: F401  (registers im
 from plankton_db.cli import ann as _ann  # noqa: F401  (registers index, hash and bench)
 from plankton_db.cli import ops as _ops  # noqa: F401  (registers db check, backup and restore)
 from plankton_db.cli import train as _train  # noqa: F401  (registers train, augment-preview and report)
+from plankton_db.cli import model as _model  # noqa: F401  (registers model list and delete)
 from plankton_db.cli.common import app
 
 
