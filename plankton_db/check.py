@@ -4,7 +4,8 @@ Every row must have its file, every file its row, and each file's bytes must has
 store is walked in sha256 order and merged with the rows read in the same order, so memory stays
 flat at any archive size. Ingest writes a file before it commits the row, so a file whose row is
 still being committed looks like an orphan for a moment: orphans are checked against the database
-once more at the end, and `--fix-orphans` only removes files older than a grace period.
+once more at the end, and `--fix-orphans` only removes files older than a grace period. Checkpoints of
+fine-tuned models (`embedding_models.weights_sha256`) live in the same store and are never orphans.
 """
 
 from __future__ import annotations
@@ -178,8 +179,13 @@ def _still_orphans(session: Session, orphans: list[str]) -> list[str]:
     known: set[str] = set()
     names = [Path(p).name for p in orphans]
     for start in range(0, len(names), 10_000):
-        known.update(session.execute(sa.text("SELECT sha256 FROM images WHERE sha256 = ANY(:s)"),
-                                     {"s": names[start:start + 10_000]}).scalars())
+        chunk = names[start:start + 10_000]
+        known.update(session.execute(sa.text("SELECT sha256 FROM images WHERE sha256 = ANY(:s)"), {"s": chunk}).scalars())
+        # Fine-tuned models keep their checkpoint in the store too (plankton train): not orphans.
+        known.update(session.execute(sa.text(
+            "SELECT weights_sha256 FROM embedding_models WHERE weights_sha256 = ANY(:s) "
+            "UNION SELECT params->>'checkpoint_sha256' FROM embedding_models WHERE params->>'checkpoint_sha256' = ANY(:s)"),
+            {"s": chunk}).scalars())
     return [p for p in orphans if Path(p).name not in known]
 
 

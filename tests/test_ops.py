@@ -89,6 +89,21 @@ def test_check_finds_every_kind_of_difference_and_fixes_only_orphans(db, cli_env
     assert (after["orphans"], after["strays"], len(after["missing"]), len(after["corrupt"])) == ([], [], 1, 2)
 
 
+def test_a_fine_tuned_models_checkpoint_is_not_an_orphan(db, cli_env) -> None:
+    # plankton train stores the checkpoint in the content store; db check must never offer to delete it.
+    store = ContentStore(db.settings.store)
+    sha = store.put(b"a torch.save()d checkpoint")
+    with db.Session.begin() as s:
+        s.execute(sa.text("INSERT INTO embedding_models (name, arch, weights_sha256, dim, preprocess, params) "
+                          "VALUES ('tuned', 'test', :sha, 8, '{}', CAST(:params AS jsonb))"),
+                  {"sha": sha, "params": json.dumps({"checkpoint_sha256": sha})})
+    old = time.time() - 7200
+    os.utime(store.path_for(sha), (old, old))
+    report = json.loads(plankton(cli_env, "db", "check", "--fix-orphans", "--grace", "0", "--json").stdout)
+    assert (report["orphans"], report["removed"]) == ([], [])
+    assert store.path_for(sha).exists()
+
+
 def test_fix_orphans_keeps_a_file_an_ingest_just_reused(db, tmp_path) -> None:
     # An old orphan that an ingest stores again is touched, so the grace period starts over for it.
     from plankton_db.check import check_store
