@@ -84,14 +84,19 @@ def load_encoder(
     *,
     checkpoint: str | None = None,
     device: str = "auto",
+    store: ContentStore | None = None,
 ) -> tuple[Encoder, ModelRow]:
-    """Load the encoder for a model name, reusing the stored preprocessing when it is registered."""
+    """Load the encoder for a model name, reusing the stored preprocessing when it is registered.
+
+    A fine-tuned model's checkpoint is looked up in `store` by its sha256 first, so a store that was moved,
+    or restored from a backup into another PLANKTON_HOME, still loads; the recorded path is the fallback.
+    """
     name = name or DEFAULT_MODEL
     row = get_model(session, name)
     if row is None:
         encoder = Encoder.load(name, checkpoint=checkpoint, device=device)
         return encoder, register_model(session, encoder, params={"checkpoint": str(checkpoint)} if checkpoint else {})
-    checkpoint = checkpoint or row.params.get("checkpoint")
+    checkpoint = checkpoint or _checkpoint_path(row, store)
     encoder = Encoder.load(row.arch, checkpoint=checkpoint, device=device, preprocess=Preprocess.from_dict(row.preprocess))
     encoder.spec = dataclasses.replace(encoder.spec, name=row.name)
     if encoder.spec.weights_sha256 != row.weights_sha256:
@@ -100,6 +105,13 @@ def load_encoder(
             f"its embeddings were made with ({row.weights_sha256[:12]}…)"
         )
     return encoder, row
+
+
+def _checkpoint_path(row: ModelRow, store: ContentStore | None) -> str | None:
+    sha = row.params.get("checkpoint_sha256")
+    if store is not None and sha and store.path_for(sha).is_file():
+        return str(store.path_for(sha))
+    return row.params.get("checkpoint")
 
 
 def pending_images(session: Session, model_id: int, limit: int | None = None) -> list[tuple[int, str]]:

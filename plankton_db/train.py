@@ -265,7 +265,7 @@ def train(Session: sessionmaker[Session], store: ContentStore, cfg: TrainConfig,
             raise InvalidArgument(f"--base {base.name!r} is itself a fine-tuned model; train from a backbone model")
         data = labelled_images(s)
         vectors = base_vectors(s, base.id)
-        encoder, _ = load_encoder(s, base.name, device=cfg.device)
+        encoder, _ = load_encoder(s, base.name, device=cfg.device, store=store)
         name = cfg.name or _default_name(s, base, cfg)
         if get_model(s, name) is not None:
             raise InvalidArgument(f"a model named {name!r} already exists; choose another --name")

@@ -79,6 +79,25 @@ def test_head_training_registers_a_model_whose_eval_excludes_its_training_images
     assert result.model.name in html and "Augmentation ablation" in html and "recall" in html
 
 
+def test_a_tuned_model_loads_from_its_store_after_the_store_moved(db: Database, image_folder: Path,
+                                                                 encoder) -> None:
+    # Restoring a backup into another PLANKTON_HOME moves the store: the recorded checkpoint path goes stale,
+    # and the checkpoint is found again by its sha256.
+    from plankton_db.errors import UnknownModel
+
+    ingest_and_embed(db, image_folder, encoder)
+    store = ContentStore(db.settings.store)
+    result = train(db.Session, store, TrainConfig(epochs=1, device="cpu", dim=8), cache_dir=db.settings.home / "cache")
+    with db.Session.begin() as s:
+        s.execute(sa.text("UPDATE embedding_models SET params = params || '{\"checkpoint\": \"/gone/ckpt.pt\"}' "
+                          "WHERE name = :n"), {"n": result.model.name})
+    with db.Session() as s:
+        tuned, row = load_encoder(s, result.model.name, device="cpu", store=store)
+        assert row.params["checkpoint"] == "/gone/ckpt.pt" and tuned.spec.dim == 8
+        with pytest.raises(UnknownModel):  # without the store only the stale path is known
+            load_encoder(s, result.model.name, device="cpu")
+
+
 def test_ctrl_c_keeps_the_last_complete_epoch() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8)).astype(np.float32) + np.repeat(np.eye(2, 8) * 3, 20, axis=0).astype(np.float32)

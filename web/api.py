@@ -91,7 +91,7 @@ def _encoder(s, name: str):
     st = state()
     with st.lock:  # one CNN per model per process; loading takes seconds and memory
         if name not in st.encoders:
-            st.encoders[name] = load_encoder(s, name, device="cpu")[0]
+            st.encoders[name] = load_encoder(s, name, device="cpu", store=st.store)[0]
         return st.encoders[name]
 
 

@@ -24,6 +24,7 @@ from plankton_db import queue
 from plankton_db.db import Database
 from plankton_db.embed import load_encoder
 from plankton_db.errors import InvalidArgument, PlanktonError
+from plankton_db.store import ContentStore
 from worker.source import Batch, ClaimedBatches, make_loader, with_reconnect
 
 log = logging.getLogger("worker")
@@ -121,7 +122,8 @@ class Worker:
 
         def prepare():
             with self.db.Session.begin() as s:
-                encoder, row = load_encoder(s, cfg.model, checkpoint=cfg.checkpoint, device=cfg.device)
+                encoder, row = load_encoder(s, cfg.model, checkpoint=cfg.checkpoint, device=cfg.device,
+                                            store=ContentStore(self.db.settings.store))
                 queue.subscribe(s, row.id)
                 added = queue.enqueue(s, row.id, retry_failed=False)
             return encoder, row, added

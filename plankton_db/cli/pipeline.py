@@ -64,7 +64,8 @@ def embed(
 
     db = open_db()
     with db.Session.begin() as s:
-        encoder, row = load_encoder(s, model, checkpoint=str(checkpoint) if checkpoint else None, device=device)
+        encoder, row = load_encoder(s, model, checkpoint=str(checkpoint) if checkpoint else None, device=device,
+                                    store=ContentStore(db.settings.store))
         if enqueue:
             from plankton_db.queue import enqueue as enqueue_jobs, subscribe
 
@@ -123,6 +124,7 @@ def search(
     from plankton_db.errors import InvalidArgument
     from plankton_db.imageio import decode
     from plankton_db.retrieval import Filters, SearchOptions, check_search_args, search_by_id, search_by_vector
+    from plankton_db.store import ContentStore
 
     if (image_file is None) == (image_id is None):
         raise InvalidArgument("give exactly one of IMAGE_FILE or --id")
@@ -142,7 +144,7 @@ def search(
             except OSError as exc:
                 raise InvalidArgument(f"cannot read {image_file}: {exc.strerror or exc}") from None
             decoded = decode(data, max_pixels=db.settings.max_pixels)
-            encoder, _ = load_encoder(s, row.name, device=device)
+            encoder, _ = load_encoder(s, row.name, device=device, store=ContentStore(db.settings.store))
             vector = encoder.encode([decoded.image])[0]
             hits = search_by_vector(s, row.id, vector, metric=metric, k=k, filters=filters, method=method,
                                     options=options)
