@@ -25,9 +25,9 @@ from plankton_db import augment, losses
 from plankton_db.config import Settings
 from plankton_db.db import connect
 from plankton_db.embed import load_encoder, require_model
-from plankton_db.finetune import split_backbone
+from plankton_db.finetune import freeze_batchnorm, split_backbone
 from plankton_db.store import ContentStore
-from plankton_db.train import TrainConfig, feature_stats, fit_head, knn_top1, labelled_images, split
+from plankton_db.train import TrainConfig, _class_weights, fit_head, knn_top1, labelled_images, split
 from plankton_db.tuned import Head
 
 KEYS = {"lr_scale": float, "epochs": int, "sched": int, "tta": int, "taps": int, "head": int}
@@ -60,17 +60,14 @@ def variant(maps, y, tr, ev, stage0, n_classes, lr_scale=0.3, epochs=8, sched=1,
     stage = copy.deepcopy(stage0)
     with torch.no_grad():
         bx = torch.cat([_features(stage0, maps[tr][i:i + 128, 0].float(), taps) for i in range(0, len(tr), 128)])
-    hd = Head(bx.shape[1], cfg.dim, cfg.hidden)
-    mean, std = feature_stats(bx)
-    hd.mean.copy_(mean)
-    hd.std.copy_(std)
+    hd = Head.for_features(bx, cfg.dim, cfg.hidden)
     crit = losses.make(cfg.loss, cfg.dim, n_classes)
     opt = torch.optim.AdamW([{"params": stage.parameters(), "lr": cfg.lr * lr_scale},
                              {"params": list(hd.parameters()) + list(crit.parameters()), "lr": cfg.lr}],
                             weight_decay=1e-4)
     train_maps = maps[tr].reshape(-1, *maps.shape[2:])
     ty = torch.as_tensor(np.repeat(y[tr], 8))
-    weights = torch.as_tensor(1.0 / np.bincount(y)[ty.numpy()])
+    weights = _class_weights(ty.numpy(), True)
     steps = epochs * -(-len(ty) // 64)
     sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr * lr_scale, cfg.lr], total_steps=steps,
                                               pct_start=0.1) if sched else None
@@ -78,9 +75,7 @@ def variant(maps, y, tr, ev, stage0, n_classes, lr_scale=0.3, epochs=8, sched=1,
     for _ in range(epochs):
         stage.train()
         hd.train()
-        for m in stage.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        freeze_batchnorm(stage)
         order = torch.multinomial(weights, len(ty), replacement=True, generator=gen)
         for start in range(0, len(order), 64):
             idx = order[start:start + 64]

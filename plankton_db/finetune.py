@@ -41,18 +41,23 @@ class _Images(torch.utils.data.Dataset):
         return x, int(self.y[i])
 
 
+def freeze_batchnorm(module: torch.nn.Module) -> None:
+    """Put every BatchNorm back in eval mode after .train(): small CPU batches would only add noise to the
+    pretrained running statistics."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def fit_full(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.ndarray, base_x: np.ndarray, cfg,
              n_classes: int, on_epoch: Callable[[int, float, float], None] | None = None
              ) -> tuple[Tuned, int, bool, float]:
     """Fine-tune a copy of the encoder's backbone with a new head; returns (model, epochs, interrupted, loss)."""
-    from plankton_db.train import _sampler, feature_stats, run_epochs
+    from plankton_db.train import _sampler, run_epochs
 
     torch.manual_seed(cfg.seed)
     backbone = copy.deepcopy(encoder.model).float().to(encoder.device, memory_format=torch.contiguous_format)
-    head = Head(base_x.shape[1], cfg.dim, cfg.hidden)
-    mean, std = feature_stats(torch.as_tensor(base_x))
-    head.mean.copy_(mean)
-    head.std.copy_(std)
+    head = Head.for_features(torch.as_tensor(base_x), cfg.dim, cfg.hidden)
     model = Tuned(backbone, head, tta=cfg.tta).to(encoder.device)
     criterion = losses.make(cfg.loss, cfg.dim, n_classes).to(encoder.device)
     # The pretrained backbone moves ten times slower than the new head, so early steps cannot wreck it.
@@ -66,10 +71,7 @@ def fit_full(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
     def one_epoch() -> float:
         total, count = 0.0, 0
         model.train()
-        # BatchNorm statistics stay frozen: small CPU batches would only add noise to them.
-        for m in backbone.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        freeze_batchnorm(backbone)
         for xb, yb in loader:
             xb, yb = xb.to(encoder.device), yb.to(encoder.device)
             loss = criterion(model(xb), yb)
@@ -198,7 +200,7 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
              on_progress: Callable[[int, int], None] | None = None,
              cache_dir: Path | None = None) -> tuple[Tuned, int, bool, float]:
     """Train the backbone's last stage and a new head on cached trunk outputs; returns like fit_full."""
-    from plankton_db.train import feature_stats, run_epochs
+    from plankton_db.train import _class_weights, run_epochs
 
     torch.manual_seed(cfg.seed)
     backbone = encoder.model.float()
@@ -208,10 +210,7 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
     maps, owner = trunk_maps(encoder, trunk, store, shas, names, cfg.copies, cfg.seed, cache_dir=cache_dir,
                              on_progress=on_progress)
     labels = torch.as_tensor(y[owner])
-    head = Head(base_x.shape[1], cfg.dim, cfg.hidden)
-    mean, std = feature_stats(torch.as_tensor(base_x))
-    head.mean.copy_(mean)
-    head.std.copy_(std)
+    head = Head.for_features(torch.as_tensor(base_x), cfg.dim, cfg.hidden)
     stage, head = stage.to(encoder.device), head.to(encoder.device)
     criterion = losses.make(cfg.loss, cfg.dim, n_classes).to(encoder.device)
     opt = torch.optim.AdamW([{"params": stage.parameters(), "lr": cfg.lr * LAST_STAGE_LR},
@@ -223,16 +222,14 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
     steps = cfg.n_epochs * -(-len(owner) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr * LAST_STAGE_LR, cfg.lr], total_steps=steps,
                                                 pct_start=0.1)
-    weights = torch.as_tensor(1.0 / np.bincount(y)[y[owner]] if cfg.balance else np.ones(len(owner)))
+    weights = _class_weights(y[owner], cfg.balance)  # every image has the same number of views
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def one_epoch() -> float:
         total, count = 0.0, 0
         stage.train()
         head.train()
-        for m in stage.modules():  # BatchNorm statistics stay those of the pretrained model, as in full mode
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        freeze_batchnorm(stage)
         order = torch.multinomial(weights, len(owner), replacement=True, generator=gen)
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]

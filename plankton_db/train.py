@@ -152,11 +152,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, n_classes: int,
              on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[Head, int, bool, float]:
     """Train a Head on features x (n, d) with labels y; returns (head, epochs done, interrupted, last loss)."""
     torch.manual_seed(cfg.seed)
-    head = Head(x.shape[1], cfg.dim, cfg.hidden)
     xt = torch.as_tensor(x)
-    mean, std = feature_stats(xt)
-    head.mean.copy_(mean)
-    head.std.copy_(std)
+    head = Head.for_features(xt, cfg.dim, cfg.hidden)
     criterion = losses.make(cfg.loss, cfg.dim, n_classes)
     params = list(head.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -218,12 +215,6 @@ def run_epochs(epochs: int, one_epoch: Callable[[], float], snapshot: Callable[[
             raise
         interrupted = True
     return best, done, interrupted, loss_value
-
-
-def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the signed-sqrt features, which the Head standardises with."""
-    s = signed_sqrt(x)
-    return s.mean(0), s.std(0).clamp_min(1e-4)
 
 
 def _default_name(session: Session, base: ModelRow, cfg: TrainConfig) -> str:

@@ -29,6 +29,15 @@ class Head(torch.nn.Module):
         else:
             self.proj = torch.nn.Linear(dim_in, dim_out)
 
+    @classmethod
+    def for_features(cls, features: torch.Tensor, dim_out: int, hidden: int = 0) -> Head:
+        """A new head that standardises with the signed-sqrt mean and std of these (training) features."""
+        head = cls(features.shape[1], dim_out, hidden)
+        s = signed_sqrt(features)
+        head.mean.copy_(s.mean(0))
+        head.std.copy_(s.std(0).clamp_min(1e-4))
+        return head
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = (signed_sqrt(features.float()) - self.mean) / self.std
         return torch.nn.functional.normalize(self.proj(x), dim=1)
