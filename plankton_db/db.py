@@ -76,21 +76,24 @@ def embedded_memory_settings(total_bytes: int) -> dict[str, str]:
             "effective_cache_size": f"{max(mb // 2, 128)}MB"}
 
 
-def _tune_memory(uri: str) -> bool:
+def _tune_memory(conn: psycopg.Connection) -> bool:
     """Write the memory settings once per data folder; True when the server must restart to apply them.
 
     A value the administrator set with ALTER SYSTEM (or in postgresql.conf's include files) is left alone.
     """
     import psutil
 
-    with psycopg.connect(uri, autocommit=True) as conn:
-        chosen = conn.execute("SELECT name FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' "
-                              "AND name IN ('shared_buffers', 'effective_cache_size')").fetchall()
-        if chosen:
-            return False
-        for name, value in embedded_memory_settings(psutil.virtual_memory().total).items():
-            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    chosen = conn.execute("SELECT name FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' "
+                          "AND name IN ('shared_buffers', 'effective_cache_size')").fetchall()
+    if chosen:
+        return False
+    for name, value in embedded_memory_settings(psutil.virtual_memory().total).items():
+        conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
     return True
+
+
+def _cannot_start(settings: Settings, exc: Exception) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {settings.pgdata}: {exc}")
 
 
 def start_embedded(settings: Settings) -> str:
@@ -103,17 +106,22 @@ def start_embedded(settings: Settings) -> str:
             with server._lock:
                 server.ensure_postgres_running()
         base = server.get_uri()
-        if _tune_memory(base):
-            stop_embedded(settings)  # shared_buffers takes effect at the next start
-            with server._lock:
-                server.ensure_postgres_running()
-            base = server.get_uri()
     except Exception as exc:  # the wheel raises several unrelated types; all mean "cannot start"
-        raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {settings.pgdata}: {exc}") from exc
+        raise _cannot_start(settings, exc) from exc
+    # One connection per start: the database exists, and the memory settings are written (once per folder).
     with psycopg.connect(base, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DB_NAME,)).fetchone()
         if not exists:
             conn.execute(f"CREATE DATABASE {EMBEDDED_DB_NAME}")
+        restart = _tune_memory(conn)
+    if restart:
+        try:
+            stop_embedded(settings)  # shared_buffers takes effect at the next start
+            with server._lock:
+                server.ensure_postgres_running()
+            base = server.get_uri()
+        except Exception as exc:
+            raise _cannot_start(settings, exc) from exc
     # The embedded server trusts local socket connections, so the URL carries no password.
     base = base.replace("postgres:@", "postgres@", 1)
     return sqlalchemy_url(base.replace("/postgres?", f"/{EMBEDDED_DB_NAME}?", 1))
