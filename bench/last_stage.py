@@ -14,13 +14,13 @@ import json
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
 import torch
 
 from plankton_db.config import Settings
 from plankton_db.db import connect
-from plankton_db.embed import embed_missing, load_encoder, require_model
+from plankton_db.embed import embed_missing, get_model, load_encoder, require_model
 from plankton_db.evaluate import evaluate
+from plankton_db.modeladmin import delete_model
 from plankton_db.store import ContentStore
 from plankton_db.train import TrainConfig, train
 
@@ -43,10 +43,9 @@ def main() -> None:
     name = f"{a.dataset}-last"
     cfg = TrainConfig(name=name, mode="last", augment=tuple(a.augment.split(",")), copies=a.copies, epochs=a.epochs,
                       lr=a.lr, device="cpu")
-    with db.Session.begin() as s:  # a rerun replaces its own model (embeddings first: no cascade there)
-        s.execute(sa.text("DELETE FROM embeddings WHERE model_id IN (SELECT id FROM embedding_models WHERE name = :n)"),
-                  {"n": name})
-        s.execute(sa.text("DELETE FROM embedding_models WHERE name = :n"), {"n": name})
+    with db.Session.begin() as s:  # a rerun replaces its own model
+        if get_model(s, name) is not None:
+            delete_model(s, name)
     epochs: list[dict] = []
     t = time.perf_counter()
     result = train(db.Session, store, cfg, cache_dir=settings.home / "cache",

@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 import torch
 from _report import write_section
 
 from plankton_db.config import Settings
 from plankton_db.db import connect
-from plankton_db.embed import load_encoder, require_model
+from plankton_db.embed import get_model, load_encoder, require_model
 from plankton_db.evaluate import evaluate
 from plankton_db.featcache import augmented_features
 from plankton_db.imageio import decode
+from plankton_db.modeladmin import delete_model
 from plankton_db.store import ContentStore
 from plankton_db.train import TrainConfig, base_vectors, fit_head, knn_top1, labelled_images, split, train
 
@@ -81,10 +81,9 @@ def run(dataset: str, home: Path, augment_spec: str, copies: int, tta: bool) -> 
     for label, aug in [("plain", "none"), ("augmented", augment_spec)]:
         cfg = TrainConfig(name=f"{dataset}-head-{label}", augment=(aug,) if aug == "dihedral" else tuple(aug.split(",")),
                           copies=copies, device="cpu")
-        with db.Session.begin() as s:  # a rerun replaces its own models (embeddings first: no cascade there)
-            s.execute(sa.text("DELETE FROM embeddings WHERE model_id IN (SELECT id FROM embedding_models "
-                              "WHERE name = :n)"), {"n": cfg.name})
-            s.execute(sa.text("DELETE FROM embedding_models WHERE name = :n"), {"n": cfg.name})
+        with db.Session.begin() as s:  # a rerun replaces its own models
+            if get_model(s, cfg.name) is not None:
+                delete_model(s, cfg.name)
         t = time.perf_counter()
         r = train(db.Session, store, cfg, cache_dir=settings.home / "cache")
         res[f"train_{label}_seconds"] = time.perf_counter() - t
