@@ -29,7 +29,7 @@ from plankton_db.config import Settings  # noqa: E402
 from plankton_db.db import connect  # noqa: E402
 from plankton_db.embed import write_embeddings  # noqa: E402
 from plankton_db.hashstore import build_hash_codes  # noqa: E402
-from plankton_db.indexes import build_index, drop_index, list_indexes  # noqa: E402
+from plankton_db.indexes import DEFAULT_M, build_index, drop_index  # noqa: E402
 from plankton_db.retrieval import Filters, Searcher, SearchOptions  # noqa: E402
 
 DEFAULT_SOURCES = [Path("/tmp/ann-uvp6_uvpec"), Path("/tmp/ann-pwssc_spc")]
@@ -277,6 +277,16 @@ def run_benchmark(*, n: int, dim: int | None = None, n_queries: int = 200, sourc
                     sr, build_s, nbytes, filters=Filters(sample="rare"), gt_=gt_rare_ids)
         with db.Session.begin() as s:
             drop_index(s, name)
+    if not quick:  # fewer links per node: cheaper per query, lower recall at the same ef_search
+        build_s, nbytes, name = timed_build(db, model_id, kind="hnsw", metric="cosine", m=8)
+        log(f"hnsw m=8 built in {build_s:.1f} s")
+        for ef in (10, 20, 40):
+            with db.Session() as s:
+                sr = Searcher.prepare(s, model_id, method="hnsw", options=SearchOptions(ef_search=ef))
+            add("hnsw", "cosine", {"storage": "halfvec", "m": 8, "ef_construction": 64, "ef_search": ef}, sr,
+                build_s, nbytes)
+        with db.Session.begin() as s:
+            drop_index(s, name)
 
     log("ivfflat: building")
     build_s, nbytes, name = timed_build(db, model_id, kind="ivfflat", metric="cosine")
@@ -299,15 +309,16 @@ def run_benchmark(*, n: int, dim: int | None = None, n_queries: int = 200, sourc
         hb, hbytes, _ = timed_build(db, model_id, kind="hnsw", metric="hamming", bits=bits, hash_method=method)
         log(f"  codes in {hash_s:.1f} s, hamming hnsw in {hb:.1f} s ({hbytes / 2**20:.1f} MiB)")
         opts = {"bits": bits, "hash_method": method}
+        graph = {"m": DEFAULT_M["hamming"]}
         with db.Session() as s:
             sr = Searcher.prepare(s, model_id, metric="hamming", method="hnsw",
                                   options=SearchOptions(ef_search=100, **opts), load_planes=True)
-        add("hnsw", "hamming", dict(opts, ef_search=100), sr, hash_s + hb, hbytes)
-        for c in ([30, 200] if quick else [20, 30, 50, 100, 200]):
+        add("hnsw", "hamming", dict(opts, **graph, ef_search=100), sr, hash_s + hb, hbytes)
+        for c in ([30, 200] if quick else [20, 25, 30, 50, 100, 200]):
             with db.Session() as s:
                 sr = Searcher.prepare(s, model_id, method="two-stage", options=SearchOptions(candidates=c, **opts),
                                       load_planes=True)
-            add("two-stage", "cosine", dict(opts, candidates=c), sr, hash_s + hb, hbytes)
+            add("two-stage", "cosine", dict(opts, **graph, candidates=c), sr, hash_s + hb, hbytes)
         for r in (1, 2, 3):
             with db.Session() as s:
                 sr = Searcher.prepare(s, model_id, method="lsh", options=SearchOptions(radius=r, **opts),

@@ -70,6 +70,23 @@ def _query_path(n: int) -> str:
             f"run after the benchmark on its database):\n\n| part | p50 ms | p95 ms |\n|---|---|---|\n{rows}")
 
 
+def _graph_m(n: int) -> str:
+    path = OUT / f"graph_m_{n}.json"
+    if not path.exists():
+        return ""
+    g = json.loads(path.read_text())
+    lines = ["| kind | m | ef_search / c | recall@10 | p50 ms | p95 ms | build s |", "|---|---|---|---|---|---|---|"]
+    for r in g["rows"]:
+        knob = r.get("ef_search", r.get("c"))
+        build = "-" if r["build_s"] is None else f"{r['build_s']:.1f}"
+        lines.append(f"| {r['kind']} | {r['m']} | {knob} | {r['recall_at_10']:.3f} | {r['p50_ms']:.2f} | "
+                     f"{r['p95_ms']:.2f} | {build} |")
+    return (f"Links per node (m = 16 or 8) for the float and the Hamming (ITQ-256) graphs, and the two-stage path "
+            f"(`python bench/graph_m.py --n {n}`, its own run on fresh builds): bare prepared statements from "
+            f"psycopg first (index scan and re-ranking only), then float HNSW and two-stage through "
+            f"`Searcher.search`, interleaved query by query so drift hits both alike.\n\n" + "\n".join(lines))
+
+
 def _extrapolation(runs: dict[int, dict]) -> str:
     if 100_000 not in runs:
         return ("Not extrapolated: this needs a 100k run (`plankton bench --n 100000`), which has not completed on "
@@ -178,7 +195,8 @@ def write_report() -> None:
         parts.append(f"### {n:,} vectors of {run['dim']} dimensions, {run['queries']} queries\n\n"
                      + (f"Load average {load[0]} at the start, {load[1]} at the end.\n\n" if load else "")
                      + _goals(run) + "\n\n" + _table(run["rows"], n)
-                     + (f"\n\n{_query_path(n)}" if _query_path(n) else ""))
+                     + (f"\n\n{_query_path(n)}" if _query_path(n) else "")
+                     + (f"\n\n{_graph_m(n)}" if _graph_m(n) else ""))
     parts.append("### 1M images\n\n" + _extrapolation(runs))
     parts.append(_evals())
     ns = " and ".join(f"--n {n}" for n in sorted(runs))

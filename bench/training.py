@@ -138,11 +138,13 @@ def write(datasets: list[str], command: str) -> None:
                   f"| head, augmentation `{r.get('augment', '')}` | {_pct(sa_['top1'])} | "
                   f"{_pct(sa_['precision_at_5'])} | {_pct(sa_['precision_at_10'])} | {_pct(sa_['map_at_10'])} | "
                   f"{r['train_augmented_seconds']:.0f} s (views from the cache) |"]
-        last = OUT / f"last_{ds}.json"
-        if last.is_file():  # bench/last_stage.py: the backbone's last stage too, same split
-            q = json.loads(last.read_text())
+        for mode, what in (("last", "last stage + head"), ("full", "whole backbone + head, CPU")):
+            tuned = OUT / f"{mode}_{ds}.json"
+            if not tuned.is_file():  # bench/last_stage.py --mode MODE: the backbone too, same split
+                continue
+            q = json.loads(tuned.read_text())
             sl = q["sql_last"]
-            lines.append(f"| last stage + head (`--mode last`), augmentation `{q['augment']}`, {len(q['epoch_log'])} epochs | "
+            lines.append(f"| {what} (`--mode {mode}`), augmentation `{q['augment']}`, {len(q['epoch_log'])} epochs | "
                          f"{_pct(sl['top1'])} | {_pct(sl['precision_at_5'])} | {_pct(sl['precision_at_10'])} | "
                          f"{_pct(sl['map_at_10'])} | {q['train_seconds']:.0f} s, then {q['embed_seconds']:.0f} s to "
                          f"re-embed {q['embedded']} images |")
@@ -178,7 +180,8 @@ def main() -> None:
     if a.write:
         write(a.write, "PLANKTON_HOME=/tmp/train-uvp6_uvpec PYTHONPATH=.:bench .venv/bin/python bench/training.py "
               "--dataset uvp6_uvpec --home /tmp/train-uvp6_uvpec --augment dihedral --tta; same for pwssc_spc with "
-              "--augment rotate,flip --copies 1; bench/last_stage.py for the --mode last rows (see the notes below); "
+              "--augment rotate,flip --copies 1; bench/last_stage.py for the --mode last and full rows (see the notes "
+              "below); "
               "then --write uvp6_uvpec pwssc_spc")
         return
     torch.set_num_threads(2)

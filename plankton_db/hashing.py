@@ -174,7 +174,12 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def to_bitstring(code: np.ndarray, bits: int | None = None) -> str:
     """A packed code as PostgreSQL's bit text, e.g. '0110...'."""
-    return "".join("1" if b else "0" for b in unpack(code, bits)[0])
+    return bool_bitstring(unpack(code, bits)[0])
+
+
+def bool_bitstring(bits: np.ndarray) -> str:
+    """A boolean code as PostgreSQL's bit text, without a Python loop per bit (it is on the query path)."""
+    return (np.asarray(bits, dtype=np.uint8) + ord("0")).tobytes().decode("ascii")
 
 
 def bucket_key(bits: np.ndarray, bucket_bits: int) -> np.ndarray:

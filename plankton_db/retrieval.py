@@ -280,7 +280,7 @@ class Searcher:
                                                        DEFAULT_RADIUS if self.options.radius is None
                                                        else self.options.radius)
             else:
-                params["code"] = "".join("1" if x else "0" for x in bits)
+                params["code"] = hashing.bool_bitstring(bits)
         sql, fparams = self._sql_for(k, filters, exclude is not None)
         params.update(fparams)
         rows = raw_connection(session).execute(sql, params, prepare=True, binary=True).fetchall()

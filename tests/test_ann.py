@@ -207,6 +207,9 @@ def test_indexes_are_listed_with_sizes_replaced_and_dropped(db) -> None:
         assert found[("hnsw", "l2", "halfvec")].options == {"m": "8", "ef_construction": "32"}
         assert found[("ivfflat", "cosine", "vector")].options == {"lists": "2"}
         assert found[("hnsw", "hamming", "bit")].bits == 64
+        # Default links per node: 16 for float graphs, 8 for Hamming (a re-ranked first stage).
+        assert found[("hnsw", "cosine", "halfvec")].options["m"] == "16"
+        assert found[("hnsw", "hamming", "bit")].options["m"] == "8"
         # Another kind over the same expression replaces the first, so searches never run on the wrong one.
         build_index(s, model_id, kind="ivfflat", metric="hamming", lists=2)
         assert {(i.kind, i.metric) for i in list_indexes(s, model_id) if i.metric == "hamming"} == {

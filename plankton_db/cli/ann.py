@@ -50,7 +50,7 @@ def _mib(n: int) -> str:
 def index_build(
     kind: Annotated[str, typer.Option("--kind", help="hnsw or ivfflat")] = "hnsw",
     metric: Annotated[str, typer.Option("--metric", help="cosine, l2 or hamming")] = "cosine",
-    m: Annotated[int, typer.Option("--m", help="hnsw: links per node")] = 16,
+    m: Annotated[int | None, typer.Option("--m", help="hnsw: links per node (default 16; 8 for hamming)")] = None,
     ef_construction: Annotated[int, typer.Option("--ef-construction", help="hnsw: build candidate list")] = 64,
     lists: Annotated[int | None, typer.Option("--lists", help="ivfflat: lists (default rows/1000)")] = None,
     storage: Annotated[str, typer.Option("--storage", help="vector or halfvec (half the bytes)")] = "halfvec",
