@@ -36,7 +36,8 @@ class _Images(torch.utils.data.Dataset):
         return len(self.shas)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = self.store.read_image(self.shas[i])
+        # Augmented at no more than twice the input size: the result is resized to it anyway.
+        img = augment.bounded(self.store.read_image(self.shas[i]), 2 * self.pp.size)
         x = self.pp(augment.random_view(img, self.names, self.rng))
         if augment.DIHEDRAL in self.names:
             x = augment.dihedral(x[None])[int(self.rng.integers(8))][0]

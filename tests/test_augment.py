@@ -96,3 +96,16 @@ def test_augment_preview_cli_writes_a_grid(tmp_path: Path) -> None:
     assert grid.size == (5 * 160, 160)
     r = CliRunner().invoke(app, ["augment-preview", str(src), "--augment", "warp"])
     assert r.exit_code == 1 and "unknown augmentation 'warp'" in r.output
+
+
+def test_bounded_shrinks_only_large_images_and_keeps_aspect_and_organism() -> None:
+    small = organism((120, 60))
+    assert augment.bounded(small, 448) is small  # already fits: the same image, untouched
+    big = organism((120, 60)).resize((3000, 1500), Image.Resampling.NEAREST)
+    out = augment.bounded(big, 448)
+    assert out.size == (448, 224)
+    # The same fraction of the frame is organism before and after, so nothing was cropped.
+    before, after = object_pixels(big).mean(), object_pixels(out).mean()
+    assert after == pytest.approx(before, rel=0.1)
+    tall = augment.bounded(Image.new("L", (10, 5000), 8), 448)
+    assert tall.size == (1, 448)  # a side never rounds to 0
