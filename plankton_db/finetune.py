@@ -53,7 +53,7 @@ def _one_cycle(opt: torch.optim.Optimizer, steps: int) -> Callable[[], None]:
     if steps < 20:
         return lambda: None
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                total_steps=max(steps, 1), pct_start=0.1)
+                                                total_steps=steps, pct_start=0.1)
 
     def step() -> None:
         if sched.last_epoch + 1 < sched.total_steps:
