@@ -27,7 +27,7 @@ from plankton_db.db import connect
 from plankton_db.embed import load_encoder, require_model
 from plankton_db.finetune import freeze_batchnorm, split_backbone
 from plankton_db.store import ContentStore
-from plankton_db.train import TrainConfig, _class_weights, fit_head, knn_top1, labelled_images, split
+from plankton_db.train import TrainConfig, _class_weights, fit_head, knn_top1, labelled_images, one_cycle, split
 from plankton_db.tuned import Head
 
 KEYS = {"lr_scale": float, "epochs": int, "sched": int, "tta": int, "taps": int, "head": int}
@@ -68,9 +68,7 @@ def variant(maps, y, tr, ev, stage0, n_classes, lr_scale=0.3, epochs=8, sched=1,
     train_maps = maps[tr].reshape(-1, *maps.shape[2:])
     ty = torch.as_tensor(np.repeat(y[tr], 8))
     weights = _class_weights(ty.numpy(), True)
-    steps = epochs * -(-len(ty) // 64)
-    sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr * lr_scale, cfg.lr], total_steps=steps,
-                                              pct_start=0.1) if sched else None
+    step = one_cycle(opt, epochs * -(-len(ty) // 64)) if sched else (lambda: None)
     gen = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         stage.train()
@@ -83,8 +81,7 @@ def variant(maps, y, tr, ev, stage0, n_classes, lr_scale=0.3, epochs=8, sched=1,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if sch and sch.last_epoch + 1 < steps:
-                sch.step()
+            step()
     stage.eval()
     hd.eval()
     return knn_top1(_embed_all(stage, hd, maps, taps, tta), y, ev)

@@ -44,24 +44,6 @@ class _Images(torch.utils.data.Dataset):
         return x, int(self.y[i])
 
 
-def _one_cycle(opt: torch.optim.Optimizer, steps: int) -> Callable[[], None]:
-    """One cycle (10% warm-up, then cosine decay) over `steps` optimiser steps, peaking at each group's rate.
-
-    Returns the function to call after each step; it stops at the last step, so an epoch count rounded up
-    never runs the schedule past its end. Under 20 steps (a smoke test) the rates stay constant: torch's
-    schedule cannot place a warm-up in fewer."""
-    if steps < 20:
-        return lambda: None
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                total_steps=steps, pct_start=0.1)
-
-    def step() -> None:
-        if sched.last_epoch + 1 < sched.total_steps:
-            sched.step()
-
-    return step
-
-
 def freeze_batchnorm(module: torch.nn.Module) -> None:
     """Put every BatchNorm back in eval mode after .train(): small CPU batches would only add noise to the
     pretrained running statistics."""
@@ -74,7 +56,7 @@ def fit_full(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
              n_classes: int, on_epoch: Callable[[int, float, float], None] | None = None
              ) -> tuple[Tuned, int, bool, float]:
     """Fine-tune a copy of the encoder's backbone with a new head; returns (model, epochs, interrupted, loss)."""
-    from plankton_db.train import _sampler, run_epochs
+    from plankton_db.train import _sampler, one_cycle, run_epochs
 
     torch.manual_seed(cfg.seed)
     # channels_last: ~1.5x faster forward + backward on a CPU for these depthwise-separable nets.
@@ -89,7 +71,7 @@ def fit_full(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
     data = _Images(store, shas, y, augment.parse(cfg.augment), encoder, cfg.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=min(cfg.batch_size, 32), num_workers=0,
                                          sampler=_sampler(y, cfg.balance, cfg.seed))
-    step = _one_cycle(opt, cfg.n_epochs * len(loader))
+    step = one_cycle(opt, cfg.n_epochs * len(loader))
 
     def one_epoch() -> float:
         total, count = 0.0, 0
@@ -225,7 +207,7 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
              on_progress: Callable[[int, int], None] | None = None,
              cache_dir: Path | None = None) -> tuple[Tuned, int, bool, float]:
     """Train the backbone's last stage and a new head on cached trunk outputs; returns like fit_full."""
-    from plankton_db.train import _class_weights, run_epochs
+    from plankton_db.train import _class_weights, one_cycle, run_epochs
 
     torch.manual_seed(cfg.seed)
     backbone = encoder.model.float()
@@ -244,7 +226,7 @@ def fit_last(encoder: Encoder, store: ContentStore, shas: Sequence[str], y: np.n
     batch = min(cfg.batch_size, 64)
     # One cycle (warm-up, then cosine decay) for both groups: without it the stage drifted and holdout top1 fell
     # (docs/TRAINING.md, "last stage").
-    step = _one_cycle(opt, cfg.n_epochs * -(-len(owner) // batch))
+    step = one_cycle(opt, cfg.n_epochs * -(-len(owner) // batch))
     weights = _class_weights(y[owner], cfg.balance)  # every image has the same number of views
     gen = torch.Generator().manual_seed(cfg.seed)
 

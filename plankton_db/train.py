@@ -157,8 +157,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, n_classes: int,
     criterion = losses.make(cfg.loss, cfg.dim, n_classes)
     params = list(head.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.n_epochs * -(-len(y) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    step = one_cycle(opt, cfg.n_epochs * -(-len(y) // cfg.batch_size))
     yt = torch.as_tensor(y)
     # The standardised features are computed once: only the projection is trained, so each step is one matmul.
     z = (signed_sqrt(xt) - head.mean) / head.std
@@ -177,8 +176,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, n_classes: int,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if sched.last_epoch + 1 < steps:
-                sched.step()
+            step()
             total, count = total + loss.item() * len(batch), count + len(batch)
         return total / max(count, 1)
 
@@ -193,6 +191,24 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, n_classes: int,
         torch.set_num_threads(threads)
     head.load_state_dict(best)
     return head.eval(), done, interrupted, loss_value
+
+
+def one_cycle(opt: torch.optim.Optimizer, steps: int) -> Callable[[], None]:
+    """One cycle (10% warm-up, then cosine decay) over `steps` optimiser steps, peaking at each group's rate.
+
+    Returns the function to call after each step; it stops at the last step, so an epoch count rounded up
+    never runs the schedule past its end. Up to 10 steps (a smoke test) the rates stay constant: torch cannot
+    place a warm-up in so few (10 steps raise ZeroDivisionError, fewer end at the final, near-zero rate)."""
+    if steps <= 10:
+        return lambda: None
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                total_steps=steps, pct_start=0.1)
+
+    def step() -> None:
+        if sched.last_epoch + 1 < sched.total_steps:
+            sched.step()
+
+    return step
 
 
 def run_epochs(epochs: int, one_epoch: Callable[[], float], snapshot: Callable[[], dict],

@@ -17,13 +17,13 @@ from plankton_db.db import Database
 from plankton_db.embed import embed_missing, load_encoder, register_model
 from plankton_db.embedding import Encoder, Preprocess
 from plankton_db.evaluate import evaluate, neighbour_lists
-from plankton_db.finetune import _one_cycle, split_backbone, trunk_maps
+from plankton_db.finetune import split_backbone, trunk_maps
 from plankton_db.imageio import decode
 from plankton_db.ingest import ingest_paths
 from plankton_db.models import Embedding
 from plankton_db.report import build_report
 from plankton_db.store import ContentStore
-from plankton_db.train import TrainConfig, fit_head, split, train
+from plankton_db.train import TrainConfig, fit_head, one_cycle, split, train
 
 runner = CliRunner()
 
@@ -237,7 +237,7 @@ def test_eval_holdout_flag_on_a_model_without_training_images(cli_env: dict[str,
 def test_one_cycle_warms_up_to_each_groups_rate_then_decays_and_stays_constant_for_a_smoke_test() -> None:
     w = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"params": [w], "lr": 1.0}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1}])
-    step, seen = _one_cycle(opt, 100), []
+    step, seen = one_cycle(opt, 100), []
     for _ in range(120):  # past the end: the schedule must stop at its last step, not raise
         seen.append([g["lr"] for g in opt.param_groups])
         opt.step()
@@ -246,7 +246,7 @@ def test_one_cycle_warms_up_to_each_groups_rate_then_decays_and_stays_constant_f
     assert first[0] < 0.1 and peak == pytest.approx([1.0, 0.1]) and last[0] < 1e-3 and last[1] < 1e-4
     assert int(np.argmax([s[0] for s in seen])) in range(8, 12)  # 10% warm-up
     opt = torch.optim.SGD([w], lr=0.5)
-    step = _one_cycle(opt, 10)
+    step = one_cycle(opt, 10)  # torch's OneCycleLR raises ZeroDivisionError at exactly 10 steps
     for _ in range(12):
         opt.step()
         step()
