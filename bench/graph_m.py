@@ -25,7 +25,19 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from retrieval import DEFAULT_SOURCES, OUT, extend, fresh_database, load, normalise, real_embeddings, recall, truth
+from retrieval import (
+    DEFAULT_SOURCES,
+    OUT,
+    extend,
+    faiss_hnsw,
+    faiss_single_queries,
+    fresh_database,
+    load,
+    normalise,
+    real_embeddings,
+    recall,
+    truth,
+)
 
 from plankton_db.hashing import bool_bitstring
 from plankton_db.hashstore import build_hash_codes, load_projection
@@ -135,22 +147,10 @@ def main() -> None:
     interleaved(db, model_id, q, pos, add)  # raw queries: the stored vectors and their codes are raw too
     db.dispose()
 
-    import faiss
-
-    faiss.omp_set_num_threads(2)
-    index = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 64
-    index.add(xn)
-    faiss.omp_set_num_threads(1)
+    index, _ = faiss_hnsw(xn)
     for ef in (10, 20, 40):
         index.hnsw.efSearch = ef
-        found, lat = [], []
-        for v in qn:
-            t = time.perf_counter()
-            _, ix = index.search(v[None, :], K)
-            lat.append((time.perf_counter() - t) * 1000)
-            found.append(ix[0].tolist())
-        add("faiss hnsw", 16, "ef_search", ef, found, np.array(lat), None)
+        add("faiss hnsw", 16, "ef_search", ef, *faiss_single_queries(index, qn), None)
 
     OUT.mkdir(exist_ok=True)
     (OUT / f"graph_m_{a.n}.json").write_text(json.dumps({"n": a.n, "dim": dim, "queries": a.queries, "rows": rows},

@@ -178,6 +178,32 @@ def heap_bytes(db) -> int:
 # ----------------------------------------------------------------------------- FAISS
 
 
+def faiss_hnsw(xn: np.ndarray):
+    """FAISS's HNSW over unit vectors (inner product), m = 16 and ef_construction = 64 like pgvector's default,
+    built on 2 threads; returns (index, build seconds) with FAISS left on one thread for timed queries."""
+    import faiss
+
+    faiss.omp_set_num_threads(2)
+    t = time.perf_counter()
+    index = faiss.IndexHNSWFlat(xn.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 64
+    index.add(xn)
+    build = time.perf_counter() - t
+    faiss.omp_set_num_threads(1)
+    return index, build
+
+
+def faiss_single_queries(index, queries: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+    """Top-K ids per query and per-query latencies (ms), one query at a time."""
+    found, lat = [], []
+    for v in queries:
+        t = time.perf_counter()
+        _, ix = index.search(v[None, :], K)
+        lat.append((time.perf_counter() - t) * 1000)
+        found.append(ix[0].tolist())
+    return found, np.array(lat)
+
+
 def faiss_rows(xn: np.ndarray, qn: np.ndarray, gt: np.ndarray, codes: np.ndarray | None, qcodes,
                quick: bool, log) -> list[dict]:
     """FAISS flat, HNSW and binary HNSW on the same vectors, one query at a time on one thread."""
@@ -187,30 +213,19 @@ def faiss_rows(xn: np.ndarray, qn: np.ndarray, gt: np.ndarray, codes: np.ndarray
     rows = []
 
     def measure(index, q, name, metric, params, build_s, nbytes):
-        found, lat = [], []
-        for v in q:
-            t = time.perf_counter()
-            _, ix = index.search(v[None, :], K)
-            lat.append((time.perf_counter() - t) * 1000)
-            found.append(ix[0].tolist())
+        found, lat = faiss_single_queries(index, q)
         faiss.omp_set_num_threads(2)
         t = time.perf_counter()
         index.search(q, K)  # batched over 2 threads: FAISS's own best throughput
         qps = len(q) / (time.perf_counter() - t)
         faiss.omp_set_num_threads(1)
-        rows.append(row(name, metric, params, recall(found, gt), np.array(lat), qps, build_s, nbytes))
+        rows.append(row(name, metric, params, recall(found, gt), lat, qps, build_s, nbytes))
         log(f"  {rows[-1]}")
 
     flat = faiss.IndexFlatIP(xn.shape[1])
     flat.add(xn)
     measure(flat, qn, "faiss-flat", "cosine", {}, 0.0, xn.nbytes)
-    faiss.omp_set_num_threads(2)
-    t = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(xn.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = 64
-    hnsw.add(xn)
-    build = time.perf_counter() - t
-    faiss.omp_set_num_threads(1)
+    hnsw, build = faiss_hnsw(xn)
     nbytes = faiss.serialize_index(hnsw).nbytes
     for ef in ([40, 160] if quick else [10, 20, 40, 80, 160, 320]):
         hnsw.hnsw.efSearch = ef
